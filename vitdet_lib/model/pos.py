@@ -1,0 +1,104 @@
+"""Position information: absolute embeddings and relative-position bias tables.
+
+Both are stored at one grid size and resized when the grid changes (pre-training -> detection,
+or an input of another size). The same functions serve the forward pass and checkpoint loading,
+so a converted checkpoint and a live resize can never disagree.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def resize_abs_pos(pos: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0) -> torch.Tensor:
+    """Resize absolute position embeddings to a token grid.
+
+    Args:
+        pos: [1, N, C] or [1, H, W, C] (N = num_prefix_tokens + H*W, square stored grid).
+        grid: target (H', W').
+        num_prefix_tokens: leading class/distillation tokens to drop (never resized).
+    Returns:
+        [1, H', W', C]; bicubic interpolation, or the input itself when sizes match.
+    """
+    if pos.dim() == 3:
+        tokens = pos[:, num_prefix_tokens:]
+        side = math.isqrt(tokens.shape[1])
+        if side * side != tokens.shape[1]:
+            raise ValueError(f"absolute position embedding with {tokens.shape[1]} grid tokens "
+                             f"(after {num_prefix_tokens} prefix tokens) is not a square grid")
+        pos = tokens.reshape(1, side, side, -1)
+    if tuple(pos.shape[1:3]) == tuple(grid):
+        return pos
+    out = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=grid, mode="bicubic",
+                        align_corners=False)
+    return out.permute(0, 2, 3, 1).to(pos.dtype)
+
+
+def rel_table_side(table: torch.Tensor) -> int:
+    """Side 2r-1 of a square relative-position table [(2r-1)^2, heads]."""
+    side = math.isqrt(table.shape[0])
+    if side * side != table.shape[0]:
+        raise ValueError(f"relative position table with {table.shape[0]} rows is not square")
+    return side
+
+
+def resize_rel_table(table: torch.Tensor, side: int | tuple[int, int]) -> torch.Tensor:
+    """Resize a relative-position table [(2r-1)^2, heads] to [side_h * side_w, heads].
+
+    Bicubic interpolation over the 2-D relative-offset plane (SciPy's removed ``interp2d`` used a
+    cubic spline on the same plane; plain bilinear on the flattened table is the known trap).
+    """
+    sh, sw = (side, side) if isinstance(side, int) else side
+    src = rel_table_side(table)
+    if (src, src) == (sh, sw):
+        return table
+    heads = table.shape[1]
+    plane = table.T.reshape(1, heads, src, src).float()
+    out = F.interpolate(plane, size=(sh, sw), mode="bicubic", align_corners=True)
+    return out.reshape(heads, sh * sw).T.to(table.dtype)
+
+
+def rel_pos_bias(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Dense relative-position bias for all token pairs of an h x w grid.
+
+    Args:
+        table: [(2r-1)^2, heads]; resized (bicubic) when its offsets do not cover the grid,
+            centre-cropped when they more than cover it.
+        grid: (h, w).
+    Returns:
+        [heads, h*w, h*w] with bias[:, (i1, j1), (i2, j2)] = table[(i1-i2, j1-j2)].
+
+    Built from strided views of the table (no [N, N] index tensor is ever stored or gathered):
+    unfolding the [heads, 2h-1, 2w-1] plane gives U[p, r, q, s] = T[p+q, r+s]; flipping q and s
+    turns that into T[i1 - i2 + h-1, j1 - j2 + w-1].
+    """
+    h, w = grid
+    side = rel_table_side(table)
+    need = max(2 * h - 1, 2 * w - 1)
+    if side < need:
+        table = resize_rel_table(table, need)
+        side = need
+    heads = table.shape[1]
+    plane = table.T.reshape(heads, side, side)
+    c = side // 2  # offset 0 sits in the middle of the table
+    plane = plane[:, c - (h - 1): c + h, c - (w - 1): c + w]  # [heads, 2h-1, 2w-1]
+    windows = plane.unfold(1, h, 1).unfold(2, w, 1)  # [heads, h, w, h, w]
+    return windows.flip(-2, -1).reshape(heads, h * w, h * w)
+
+
+def sincos_pos_embed(embed_dim: int, grid: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos embeddings [grid*grid, C] (MAE's layout), for tests and pre-training."""
+    if embed_dim % 4:
+        raise ValueError("embed_dim must be divisible by 4 for 2-D sin-cos embeddings")
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
+                            torch.arange(grid, dtype=torch.float64), indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4))
+
+    def enc(v: torch.Tensor) -> torch.Tensor:
+        out = v.reshape(-1, 1) * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    # MAE encodes the width coordinate in the first half of the channels
+    return torch.cat([enc(xs), enc(ys)], dim=1).float()
