@@ -13,6 +13,7 @@ import sys
 COMMAND_MODULES = (
     "vitdet_lib.complexity",
     "vitdet_lib.engine.commands",
+    "vitdet_lib.checkpoint.commands",
 )
 
 

@@ -1,0 +1,94 @@
+"""``vitdet-bench train`` and ``vitdet-bench eval``: thin wrappers over ``engine.run``.
+
+    vitdet-bench train PARAMS [--set a.b=v ...] [--output-dir DIR]
+    vitdet-bench eval PARAMS --checkpoint PATH [--set a.b=v ...] [--output-dir DIR]
+
+Multi-GPU: ``torchrun --nproc_per_node=N -m vitdet_lib.cli train PARAMS`` (same arguments).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+
+from vitdet_lib.config import ConfigError
+from vitdet_lib.experiment import ExperimentConfig, load_experiment
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("params", help="experiment params file (YAML, may use base:)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a param, e.g. train.lr=8e-5 "
+                        "(repeatable; values are YAML)")
+    parser.add_argument("--output-dir", help="run directory (default: the params' output_dir, "
+                        "else work_dirs/<params file name>)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` and ``eval`` subcommands."""
+    p = subparsers.add_parser("train", help="train (or resume) a detector from a params file",
+                              description="Train, resuming from OUTPUT_DIR/last.pth if present.")
+    _add_common(p)
+    p.set_defaults(func=_train)
+    p = subparsers.add_parser("eval", help="COCO-evaluate a checkpoint on the validation set")
+    _add_common(p)
+    p.add_argument("--checkpoint", required=True, help="training checkpoint or state dict")
+    p.set_defaults(func=_eval)
+
+
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
+    return load_experiment(args.params, overrides)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # torchrun sets RANK; one process prints
+
+
+def _print_metrics(metrics: dict) -> None:
+    if not _is_main():
+        return
+    for key, value in metrics.items():
+        if isinstance(value, float) and "/" in key:
+            print(f"{key:16s} {value:7.2f}" if math.isfinite(value) else f"{key:16s}     nan")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vitdet_lib.engine.run import train
+    from vitdet_lib.engine.trainer import NonFiniteLossError
+
+    _setup_logging()
+    try:
+        summary = train(_config(args))
+    except (ConfigError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if _is_main():
+        print(f"trained {summary['iterations']} iterations ({summary['epochs']:.2f} epochs), "
+              f"{summary['time_per_iter_s']:.3f} s/iter")
+    if summary["final_eval"]:
+        _print_metrics(summary["final_eval"])
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vitdet_lib.engine.run import evaluate
+
+    _setup_logging()
+    try:
+        metrics = evaluate(_config(args), args.checkpoint)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    _print_metrics(metrics)
+    return 0

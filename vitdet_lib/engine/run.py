@@ -1,0 +1,215 @@
+"""The two entry points the CLI and the notebooks share: ``train(cfg)`` and ``evaluate(cfg, ckpt)``.
+
+They assemble the pieces an :class:`~vitdet_lib.experiment.ExperimentConfig` describes: the
+dataset files (writing a generated dataset on first use), the datasets and loaders, the
+detector, and the distributed context (``torchrun`` or a single process).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vitdet_lib.config import ConfigError, ModelConfig, to_dict
+from vitdet_lib.data import (
+    CocoDetection,
+    build_loader,
+    coco_split_paths,
+    eval_transform,
+    lsj_transform,
+    write_fashion_scenes,
+    write_shape_scenes,
+)
+from vitdet_lib.evaluation import evaluate_model
+from vitdet_lib.experiment import DataConfig, ExperimentConfig, GeneratedKind
+from vitdet_lib.model import build_detector
+
+from . import checkpoint as ckpt
+from . import distributed as du
+from . import records
+from .trainer import TrainData, Trainer, seed_everything
+
+log = logging.getLogger(__name__)
+
+_COMPLETE = "complete.json"  # written last: a generated dataset without it is unfinished
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """COCO-format files of one experiment (val may be absent: training without evaluation)."""
+
+    train_images: Path
+    train_annotations: Path
+    val_images: Path | None
+    val_annotations: Path | None
+
+
+def generated_dataset_dir(data: DataConfig) -> Path:
+    assert data.generated is not None
+    return Path(data.cache_dir) / data.generated.cache_name
+
+
+def prepare_data(data: DataConfig) -> DataPaths:
+    """The dataset files, writing a generated dataset into the cache first if needed.
+
+    A generated dataset is written to a temporary directory and renamed into place, so a crash
+    or a concurrent writer never leaves a half-written dataset under the final name.
+    """
+    if data.generated is None:
+        val = (Path(data.val_images), Path(data.val_annotations)) if data.val_images else (None, None)
+        return DataPaths(Path(data.train_images), Path(data.train_annotations), *val)
+    gen = data.generated
+    root = generated_dataset_dir(data)
+    if not (root / _COMPLETE).is_file():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+        try:
+            log.info("writing the %s dataset to %s", gen.kind.value, root)
+            if gen.kind == GeneratedKind.SHAPES:
+                for split, count in (("train", gen.num_train), ("val", gen.num_val)):
+                    write_shape_scenes(tmp, count, gen.image_size, gen.seed, split=split)
+            else:
+                write_fashion_scenes(tmp, {"train": gen.num_train, "val": gen.num_val},
+                                     gen.image_size, gen.seed)
+            (tmp / _COMPLETE).write_text(json.dumps(to_dict(gen)))
+            if not (root / _COMPLETE).is_file():  # else a concurrent writer finished first
+                shutil.rmtree(root, ignore_errors=True)  # an unfinished leftover, if any
+                try:
+                    tmp.rename(root)
+                except OSError:
+                    if not (root / _COMPLETE).is_file():
+                        raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    train, val = coco_split_paths(root, "train"), coco_split_paths(root, "val")
+    return DataPaths(*train, *(val if gen.num_val > 0 else (None, None)))
+
+
+def effective_model_config(cfg: ExperimentConfig) -> ModelConfig:
+    """``cfg.model`` with ``train.drop_path`` applied (the tuning protocol varies it per run)."""
+    if cfg.train.drop_path is None:
+        return cfg.model
+    backbone = dataclasses.replace(cfg.model.backbone, drop_path_rate=cfg.train.drop_path)
+    return dataclasses.replace(cfg.model, backbone=backbone)
+
+
+def build_datasets(cfg: ExperimentConfig, paths: DataPaths
+                   ) -> tuple[CocoDetection, CocoDetection | None]:
+    """Training set (LSJ at the detector's input size) and validation set (original images)."""
+    size = cfg.model.detector.image_size
+    train_set = CocoDetection(paths.train_images, paths.train_annotations, mode="train",
+                              transform=lsj_transform(size, scale_range=cfg.data.scale_range))
+    val_set = None
+    if paths.val_images is not None and paths.val_annotations is not None:
+        val_set = CocoDetection(paths.val_images, paths.val_annotations, mode="eval",
+                                transform=eval_transform())
+    expected = cfg.model.detector.num_classes
+    for name, ds in (("train", train_set), ("val", val_set)):
+        if ds is not None and ds.num_categories != expected:
+            raise ConfigError(f"model.detector.num_classes={expected} but the {name} set "
+                              f"{ds.ann_file} has {ds.num_categories} categories")
+    return train_set, val_set
+
+
+def _eval_fn(cfg: ExperimentConfig, val_set: CocoDetection, info: du.DistInfo):
+    def evaluate_fn(model: nn.Module, tag: str) -> dict[str, float]:
+        out = Path(cfg.output_dir) / "eval" / tag if cfg.eval.save_predictions else None
+        return evaluate_model(model, val_set, info.device, batch_size=cfg.eval.batch_per_device,
+                              num_workers=cfg.train.num_workers, output_dir=out,
+                              max_images=cfg.eval.max_images)
+    return evaluate_fn
+
+
+@dataclass
+class _Session:
+    """The distributed context of one call, torn down only if this call created it."""
+
+    info: du.DistInfo
+    owns_group: bool
+
+
+def _open(cfg: ExperimentConfig) -> _Session:
+    owns = not dist.is_initialized()
+    return _Session(du.init_distributed(cfg.train.device), owns)
+
+
+def _prepare(cfg: ExperimentConfig, info: du.DistInfo) -> DataPaths:
+    with du.main_process_first(info):  # rank 0 writes a generated dataset, the others reuse it
+        return prepare_data(cfg.data)
+
+
+def train(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Train (or resume) the experiment; returns the summary written to ``metrics.json``.
+
+    Runs as one process, or as one rank of a ``torchrun`` job (the environment decides).
+    """
+    if not cfg.output_dir:
+        raise ConfigError("output_dir is not set")
+    session = _open(cfg)
+    info = session.info
+    try:
+        train_set, val_set = build_datasets(cfg, _prepare(cfg, info))
+        seed_everything(cfg.train.seed)  # the same initial weights on every rank
+        model = build_detector(effective_model_config(cfg)).to(info.device)
+        t = cfg.train
+
+        def make_loader(epoch: int, start_batch: int) -> torch.utils.data.DataLoader:
+            return build_loader(train_set, t.batch_per_device, t.num_workers, shuffle=True,
+                                seed=t.seed, distributed=info.is_distributed, drop_last=True,
+                                epoch=epoch, start_batch=start_batch,
+                                pin_memory=info.device.type == "cuda")
+
+        evaluate_fn = _eval_fn(cfg, val_set, info) if val_set is not None else None
+        data = TrainData(num_images=len(train_set), make_loader=make_loader, evaluate=evaluate_fn)
+        return Trainer(cfg, model, data, info).run()
+    finally:
+        if session.owns_group:
+            du.shutdown()
+
+
+def evaluate(cfg: ExperimentConfig, checkpoint: str | Path) -> dict[str, Any]:
+    """Evaluate a checkpoint (a training checkpoint or a bare state dict) on the val set.
+
+    Writes ``coco_results.json``, ``metrics.json`` and ``record.json`` (checkpoint, config,
+    provenance) to ``output_dir/eval_<checkpoint name>/`` and returns the metrics.
+    """
+    session = _open(cfg)
+    info = session.info
+    try:
+        _, val_set = build_datasets(cfg, _prepare(cfg, info))
+        if val_set is None:
+            raise ConfigError("evaluation needs data.val_images and data.val_annotations "
+                              "(or a generated dataset with num_val > 0)")
+        model = build_detector(effective_model_config(cfg))
+        state = ckpt.load_checkpoint(checkpoint)
+        # any key that does not fit is an error (never a weight silently left at its init);
+        # strict=False only so that both lists can be reported at once
+        result = model.load_state_dict(ckpt.model_state_from(state), strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise RuntimeError(f"{checkpoint} does not fit the configured model: missing "
+                               f"{result.missing_keys[:10]}, unexpected "
+                               f"{result.unexpected_keys[:10]}")
+        model.to(info.device)
+        out = Path(cfg.output_dir or ".") / f"eval_{Path(checkpoint).stem}"
+        metrics = evaluate_model(model, val_set, info.device,
+                                 batch_size=cfg.eval.batch_per_device,
+                                 num_workers=cfg.train.num_workers, output_dir=out,
+                                 max_images=cfg.eval.max_images)
+        if info.is_main:
+            record = {"checkpoint": str(checkpoint), "iteration": state.get("iteration"),
+                      "metrics": metrics, "config": to_dict(cfg),
+                      "provenance": records.provenance(info.device)}
+            records.write_json(out / "record.json", record)
+        return metrics
+    finally:
+        if session.owns_group:
+            du.shutdown()
