@@ -12,8 +12,11 @@ import sys
 # module path of each subcommand group; a module that cannot be imported is an error, not a skip
 COMMAND_MODULES = (
     "vitdet_lib.complexity",
+    "vitdet_lib.bench",
     "vitdet_lib.engine.commands",
     "vitdet_lib.checkpoint.commands",
+    "vitdet_lib.pretrain.commands",
+    "vitdet_lib.study.commands",
 )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from vitdet_lib.checkpoint.init import InitConfig, resolve_pos_init
 from vitdet_lib.config import ConfigError, ModelConfig, apply_overrides, from_dict, to_dict
 
 BASE_KEY = "base"
@@ -170,6 +171,7 @@ class ExperimentConfig:
     """Everything one training or evaluation run needs; ``output_dir`` holds its records."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)  # backbone initialisation (PAPER.md's five)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -262,6 +264,7 @@ def _merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
 def validate_experiment(cfg: ExperimentConfig) -> None:
     """Checks across fields that the schema alone cannot express."""
     d, t = cfg.data, cfg.train
+    resolve_pos_init(cfg.init, cfg.model.backbone)  # T4 options must fit the model config
     has_files = d.train_images is not None or d.train_annotations is not None
     if has_files == (d.generated is not None):
         raise ConfigError("data: give either train_images + train_annotations (COCO files) or "

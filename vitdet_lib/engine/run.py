@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vitdet_lib.checkpoint import initialize_backbone
 from vitdet_lib.config import ConfigError, ModelConfig, to_dict
 from vitdet_lib.data import (
     CocoDetection,
@@ -159,7 +160,14 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
     try:
         train_set, val_set = build_datasets(cfg, _prepare(cfg, info))
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
-        model = build_detector(effective_model_config(cfg)).to(info.device)
+        model = build_detector(effective_model_config(cfg))
+        # the chosen initialisation; a resumed run then overwrites it from its checkpoint
+        report = initialize_backbone(model.backbone.vit, cfg.init)
+        if info.is_main:
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+            records.write_json(Path(cfg.output_dir) / "init_report.json", report.to_dict())
+            log.info("backbone initialisation:\n%s", report.summary())
+        model.to(info.device)
         t = cfg.train
 
         def make_loader(epoch: int, start_batch: int) -> torch.utils.data.DataLoader:

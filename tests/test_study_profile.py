@@ -1,0 +1,67 @@
+"""Study profiles: strict loading, expansion of run templates, init dependencies."""
+import pytest
+import yaml
+
+from vitdet_lib.config import ConfigError
+from vitdet_lib.study.profile import expand_runs, load_profile, profile_from_dict
+
+
+@pytest.mark.parametrize("name", ["smoke", "mini", "paper"])
+def test_shipped_profiles_load(name):
+    profile = load_profile(name)
+    runs = expand_runs(profile)
+    assert runs and len({r.name for r in runs}) == len(runs)
+    fts = [r for r in runs if r.notebook == "finetune" and "T1" in r.serves]
+    assert {r.parameters["init"] for r in fts} >= {"random", "supervised", "mocov3", "beit", "mae"}
+
+
+def test_paper_profile_uses_torchrun_and_official_checkpoints():
+    profile = load_profile("paper")
+    assert profile.launcher.kind.value == "torchrun" and profile.launcher.nproc_per_node == 8
+    mae_l = next(r for r in expand_runs(profile) if r.name == "ft-L-mae")
+    assert mae_l.needs == () and "/L/" in mae_l.parameters["init_checkpoint"]
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"sizes": {"S": []}, "runz": []}))
+    with pytest.raises(ConfigError, match="runz"):
+        load_profile(path)
+    path.write_text(yaml.safe_dump({"runs": [{"name": "a", "notebook": "x", "paramters": {}}]}))
+    with pytest.raises(ConfigError, match=r"runs\[0\].*paramters"):
+        load_profile(path)
+
+
+def _profile(**extra):
+    data = {"name": "t", "sizes": {"S": ["a=1"]},
+            "inits": {"random": {"kind": "random"},
+                      "mae": {"kind": "mae", "pretrain_run": "pt-mae", "checkpoint": "last.pth"}},
+            "runs": [{"name": "pt-mae", "notebook": "pretrain"},
+                     {"name": "ft-{size}-{init}", "notebook": "finetune", "serves": ["T1"],
+                      "matrix": {"size": ["S"], "init": ["random", "mae"]},
+                      "init": "{init}", "size": "{size}"}]}
+    data.update(extra)
+    return profile_from_dict(data)
+
+
+def test_expansion_resolves_inits_and_needs():
+    runs = {r.name: r for r in expand_runs(_profile(work_dir="w"))}
+    assert set(runs) == {"pt-mae", "ft-S-random", "ft-S-mae"}
+    assert runs["ft-S-mae"].needs == ("pt-mae",)
+    assert runs["ft-S-mae"].parameters["init_checkpoint"] == "w/pt-mae/last.pth"
+    assert runs["ft-S-random"].needs == () and runs["ft-S-random"].parameters["size_overrides"] == ["a=1"]
+
+
+def test_bad_references_are_errors():
+    p = _profile()
+    p.runs[1].matrix["init"].append("beit")
+    with pytest.raises(ConfigError, match="beit"):
+        expand_runs(p)
+    p = _profile()
+    p.runs[1].name = "ft-{sise}"
+    with pytest.raises(ConfigError, match="sise"):
+        expand_runs(p)
+    p = _profile()
+    p.runs[0].needs = ["nothing"]
+    with pytest.raises(ConfigError, match="nothing"):
+        expand_runs(p)

@@ -1,0 +1,114 @@
+"""The paper's figures (seaborn) from ``aggregate``'s data frames; saved as PNG and SVG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg by itself
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from .aggregate import INITS, NO_RUN, TIDE_ERRORS
+
+
+def _no_run(ax: plt.Axes, title: str) -> None:
+    ax.text(0.5, 0.5, NO_RUN, ha="center", va="center", fontsize=14, color="grey",
+            transform=ax.transAxes)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _stamp(fig: Figure, note: str) -> Figure:
+    if note:
+        import textwrap
+
+        text = "\n".join(textwrap.wrap(note, 150))
+        fig.text(0.5, 0.005, text, ha="center", va="bottom", fontsize=7, color="firebrick")
+    fig.tight_layout(rect=(0, 0.09 if note else 0, 1, 1))
+    return fig
+
+
+def save_figure(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for p in paths:
+        tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
+        fig.savefig(tmp, dpi=120, format=p.suffix[1:])
+        tmp.replace(p)
+    return paths
+
+
+def figure2(ours: pd.DataFrame, paper: pd.DataFrame, sizes: list[str], note: str = "") -> Figure:
+    """AP vs fine-tuning epochs per init: one panel per size of ours, one of the paper's."""
+    fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(4.5 * (len(sizes) + 1), 3.8),
+                             squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        data = ours[ours["size"] == size] if not ours.empty else ours
+        if data.empty:
+            _no_run(ax, f"ours, {size}")
+            continue
+        sns.lineplot(data=data, x="epoch", y="APbox", hue="init", marker="o", ax=ax,
+                     hue_order=[i for i in INITS if i in set(data["init"])])
+        ax.set_title(f"ours, ViT size {size}")
+        ax.set_xlabel("fine-tuning epochs")
+    ax = axes[0][-1]
+    if paper.empty:
+        _no_run(ax, "paper")
+    else:
+        sns.lineplot(data=paper, x="epoch", y="AP", hue="series", marker="s", ax=ax)
+        ax.set_title("paper: MAE ViT-B (lower confidence)")
+        ax.set_xlabel("fine-tuning epochs")
+    return _stamp(fig, note)
+
+
+def figure3(ours: pd.DataFrame, note: str = "") -> Figure:
+    """APbox vs MAE pre-training epochs (ours), with the paper's ViT-L points."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    if ours.empty:
+        _no_run(axes[0], "ours")
+    else:
+        sns.lineplot(data=ours, x="pretrain epochs", y="APbox", hue="size", marker="o",
+                     ax=axes[0])
+        axes[0].set_title("ours: MAE pre-training epochs")
+    axes[1].plot([800, 1600], [53.1, 53.3], "s-", color="black")
+    axes[1].set_title("paper: MAE ViT-L (text)")
+    axes[1].set_xlabel("pre-training epochs")
+    axes[1].set_ylabel("APbox")
+    return _stamp(fig, note)
+
+
+def figure4(tide: pd.DataFrame, note: str = "") -> Figure:
+    """TIDE dAP per error type, one bar per init."""
+    long = tide.melt(id_vars="init", value_vars=list(TIDE_ERRORS), var_name="error",
+                     value_name="dAP")
+    long["dAP"] = pd.to_numeric(long["dAP"], errors="coerce")
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    if long["dAP"].notna().sum() == 0:
+        _no_run(ax, "TIDE errors (dAP at IoU 0.5)")
+    else:
+        sns.barplot(data=long.dropna(), x="error", y="dAP", hue="init", ax=ax)
+        ax.set_title("TIDE errors, boxes, IoU 0.5 (paper: no numbers in its text)")
+    return _stamp(fig, note)
+
+
+def tuning_figure(grid: pd.DataFrame, dp: pd.DataFrame, note: str = "") -> Figure:
+    """Heatmap of APbox over lr x wd for each init, then APbox against drop path."""
+    inits = list(dict.fromkeys(grid["init"])) if not grid.empty else []
+    fig, axes = plt.subplots(1, max(len(inits), 1) + 1, figsize=(4.5 * (len(inits) + 1), 3.8),
+                             squeeze=False)
+    if not inits:
+        _no_run(axes[0][0], "lr x wd")
+    for ax, init in zip(axes[0], inits):
+        data = grid[grid["init"] == init].pivot_table(index="weight_decay", columns="lr",
+                                                      values="APbox", aggfunc="max")
+        sns.heatmap(data, annot=True, fmt=".2f", cmap="viridis", ax=ax, cbar=False)
+        ax.set_title(f"{init}: APbox, lr x wd (dp 0)")
+    ax = axes[0][-1]
+    if dp.empty or dp["APbox"].notna().sum() == 0:
+        _no_run(ax, "drop path")
+    else:
+        sns.barplot(data=dp, x="drop_path", y="APbox", hue="init", ax=ax)
+        ax.set_title("APbox vs drop path at the best lr, wd")
+    return _stamp(fig, note)

@@ -1,0 +1,292 @@
+"""A study profile as data: which runs exist (init x size x schedule x ablation), where their
+checkpoints come from, and how they are launched.
+
+A profile (``params/study/<name>.yaml``) is loaded strictly (unknown keys are errors naming the
+key path). Run templates expand a ``matrix`` of values into runs by ``str.format`` on every
+string of the template, e.g. ``name: ft-{size}-{init}`` with ``matrix: {init: [random, mae]}``.
+A template's ``init`` names an entry of ``inits``; expansion turns it into the notebook
+parameters ``init_kind``, ``init_checkpoint`` and ``init_overrides`` and, when the checkpoint
+is produced by a pre-training run of the profile, a dependency on that run.
+"""
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vitdet_lib.config import ConfigError, from_dict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROFILES_DIR = REPO_ROOT / "params" / "study"
+
+
+class LauncherKind(str, enum.Enum):
+    LOCAL = "local"  # in the notebook's own process
+    TORCHRUN = "torchrun"  # a torchrun job started by the notebook (the paper's scale)
+
+
+@dataclass
+class LauncherConfig:
+    """How training runs are started.
+
+    Args:
+        kind: in-process, or ``torchrun`` across GPUs and nodes.
+        nproc_per_node, nnodes: torchrun's process layout.
+        rdzv_endpoint: ``host:port`` of the rendezvous (multi-node); None = single node.
+    """
+
+    kind: LauncherKind = LauncherKind.LOCAL
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
+
+
+@dataclass
+class InitSource:
+    """Where one initialisation's weights come from.
+
+    Args:
+        kind: ``checkpoint.InitKind`` value (random, supervised, mocov3, beit, mae).
+        pretrain_run: the profile's pre-training run that writes the checkpoint (None: a file).
+        checkpoint: file name inside that run's work directory, or a path (may use ``{size}``).
+        overrides: experiment overrides this init needs (BEiT: layer scale).
+        pretrain_epochs: pre-training length, for Figure 3.
+    """
+
+    kind: str = "random"
+    pretrain_run: str | None = None
+    checkpoint: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    pretrain_epochs: float | None = None
+
+
+@dataclass
+class RunTemplate:
+    """One run, or a family of runs when ``matrix`` is given.
+
+    Args:
+        name: run name, unique after expansion (letters, digits, ``-_.``).
+        notebook: experiment notebook stem under ``notebooks/``.
+        serves: the tables/figures the run feeds (T1, F2, ...).
+        parameters: notebook parameters.
+        matrix: values to expand over (cartesian product).
+        init: an ``inits`` key (after expansion).
+        size: a ``sizes`` key (after expansion).
+        needs: runs that must succeed first.
+    """
+
+    name: str = ""
+    notebook: str = ""
+    serves: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    matrix: dict[str, list[Any]] = field(default_factory=dict)
+    init: str | None = None
+    size: str | None = None
+    needs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepConfig:
+    """The tuning protocol for each of ``inits``: an lr x wd grid widened while its best point
+    lies on the border (at most ``max_widenings`` times), then ``drop_path`` values at the best.
+
+    Args:
+        parameters: fine-tune notebook parameters shared by every run of the sweep.
+        drop_path_overrides: experiment overrides added in the drop-path stage only (the
+            paper tunes lr x wd at 25 epochs and drop path at 50).
+    """
+
+    name: str = "hp"
+    inits: list[str] = field(default_factory=list)
+    size: str = ""
+    lr: list[float] = field(default_factory=list)
+    weight_decay: list[float] = field(default_factory=list)
+    drop_path: list[float] = field(default_factory=list)
+    factor: float = 2.0
+    max_widenings: int = 2
+    parameters: dict[str, Any] = field(default_factory=dict)
+    drop_path_overrides: list[str] = field(default_factory=list)  # e.g. the longer schedule
+
+
+@dataclass
+class StudyProfile:
+    """Everything ``vitdet-bench study run --profile NAME`` does.
+
+    Args:
+        note: shown on every rendered page (e.g. "numbers are not meaningful at this scale").
+        results_dir: run records, executed notebooks and the report.
+        work_dir: checkpoints and training records (git-ignored).
+        data_fallback: experiment overrides used when Fashion-MNIST is not installed
+            (detection on shape scenes); empty = no fallback.
+        sizes: experiment overrides per model size name.
+        torch_threads: CPU threads of each run (0 = torch's default); 1 on a shared small
+            CPU, where more threads than free cores make tiny models many times slower.
+    """
+
+    name: str = ""
+    description: str = ""
+    note: str = ""
+    results_dir: str = ""
+    work_dir: str = ""
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    torch_threads: int = 0
+    data_fallback: list[str] = field(default_factory=list)
+    sizes: dict[str, list[str]] = field(default_factory=dict)
+    inits: dict[str, InitSource] = field(default_factory=dict)
+    runs: list[RunTemplate] = field(default_factory=list)
+    sweeps: list[SweepConfig] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """One concrete notebook execution."""
+
+    name: str
+    notebook: str
+    parameters: dict[str, Any]
+    needs: tuple[str, ...] = ()
+    serves: tuple[str, ...] = ()
+
+
+def profile_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        return p
+    return PROFILES_DIR / f"{name_or_path}.yaml"
+
+
+def load_profile(name_or_path: str | Path) -> StudyProfile:
+    """Load and check a profile by name (``params/study/<name>.yaml``) or path.
+
+    Raises:
+        ConfigError: unknown keys, unknown init/size names, duplicate run names, unknown needs.
+    """
+    path = profile_path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"study profile {path} not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    profile = profile_from_dict(data, where=f"{path}: profile")
+    profile.name = profile.name or path.stem
+    profile.results_dir = profile.results_dir or f"results/study/{profile.name}"
+    profile.work_dir = profile.work_dir or f"work_dirs/study/{profile.name}"
+    expand_runs(profile)  # validates names and references
+    return profile
+
+
+def profile_from_dict(data: dict[str, Any], where: str = "profile") -> StudyProfile:
+    """``from_dict`` for the profile, whose lists and mappings hold dataclasses."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a profile must be a mapping")
+    # ``x-...`` keys only hold YAML anchors (shared lists) for the rest of the file
+    data = {k: v for k, v in data.items() if not str(k).startswith("x-")}
+    inits = data.pop("inits", None) or {}
+    runs = data.pop("runs", None) or []
+    sweeps = data.pop("sweeps", None) or []
+    profile: StudyProfile = from_dict(StudyProfile, data, where=where)
+    profile.inits = {k: from_dict(InitSource, v, where=f"{where}.inits.{k}")
+                     for k, v in inits.items()}
+    profile.runs = [from_dict(RunTemplate, v, where=f"{where}.runs[{i}]")
+                    for i, v in enumerate(runs)]
+    profile.sweeps = [from_dict(SweepConfig, v, where=f"{where}.sweeps[{i}]")
+                      for i, v in enumerate(sweeps)]
+    for i, s in enumerate(profile.sweeps):
+        s.lr = [float(v) for v in s.lr]
+        s.weight_decay = [float(v) for v in s.weight_decay]
+        s.drop_path = [float(v) for v in s.drop_path]
+    return profile
+
+
+def _format(value: Any, values: dict[str, Any]) -> Any:
+    if isinstance(value, str):
+        return value.format(**values)
+    if isinstance(value, list):
+        return [_format(v, values) for v in value]
+    if isinstance(value, dict):
+        return {k: _format(v, values) for k, v in value.items()}
+    return value
+
+
+def init_parameters(profile: StudyProfile, init: str, size: str | None
+                    ) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Notebook parameters and dependencies of initialisation ``init`` at model ``size``."""
+    if init not in profile.inits:
+        raise ConfigError(f"profile {profile.name}: init {init!r} is not one of "
+                          f"{sorted(profile.inits)}")
+    src = profile.inits[init]
+    checkpoint, needs = None, ()
+    if src.checkpoint:
+        checkpoint = src.checkpoint.format(size=size or "")
+        if src.pretrain_run:
+            checkpoint = str(Path(profile.work_dir) / src.pretrain_run / checkpoint)
+            needs = (src.pretrain_run,)
+    params = {"init": init, "init_kind": src.kind, "init_checkpoint": checkpoint,
+              "init_overrides": list(src.overrides), "pretrain_epochs": src.pretrain_epochs}
+    return params, needs
+
+
+def size_parameters(profile: StudyProfile, size: str) -> dict[str, Any]:
+    if size not in profile.sizes:
+        raise ConfigError(f"profile {profile.name}: size {size!r} is not one of "
+                          f"{sorted(profile.sizes)}")
+    return {"size": size, "size_overrides": list(profile.sizes[size])}
+
+
+def _flatten(items: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in items:
+        out.extend(_flatten(item) if isinstance(item, list) else [item])
+    return out
+
+
+def make_run(profile: StudyProfile, name: str, notebook: str, parameters: dict[str, Any], *,
+             init: str | None = None, size: str | None = None, needs: tuple[str, ...] = (),
+             serves: tuple[str, ...] = ()) -> Run:
+    params = dict(parameters)
+    if isinstance(params.get("overrides"), list):  # ``[*anchor, extra]`` nests a list in YAML
+        params["overrides"] = _flatten(params["overrides"])
+    deps = list(needs)
+    if size is not None:
+        params.update(size_parameters(profile, size))
+    if init is not None:
+        init_params, init_needs = init_parameters(profile, init, size)
+        params.update(init_params)
+        deps += [n for n in init_needs if n not in deps]
+    params["serves"] = list(serves)
+    return Run(name, notebook, params, tuple(deps), tuple(serves))
+
+
+def expand_runs(profile: StudyProfile) -> list[Run]:
+    """The profile's static runs (sweeps excluded: their grid depends on results)."""
+    runs: list[Run] = []
+    for t in profile.runs:
+        keys = list(t.matrix)
+        for combo in itertools.product(*(t.matrix[k] for k in keys)) if keys else [()]:
+            values = dict(zip(keys, combo))
+            try:
+                name = _format(t.name, values)
+                run = make_run(profile, name, _format(t.notebook, values),
+                               _format(t.parameters, values),
+                               init=_format(t.init, values), size=_format(t.size, values),
+                               needs=tuple(_format(t.needs, values)), serves=tuple(t.serves))
+            except KeyError as err:
+                raise ConfigError(f"profile {profile.name}: run template {t.name!r} uses "
+                                  f"{{{err.args[0]}}}, which its matrix does not define") from None
+            runs.append(run)
+    names = [r.name for r in runs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"profile {profile.name}: duplicate run names {dupes}")
+    known = set(names)
+    for r in runs:
+        missing = [n for n in r.needs if n not in known]
+        if missing:
+            raise ConfigError(f"profile {profile.name}: run {r.name} needs unknown runs {missing}")
+    for s in profile.sweeps:
+        for init in s.inits:
+            init_parameters(profile, init, s.size)
+        size_parameters(profile, s.size)
+    return runs
