@@ -27,6 +27,12 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
 fi
 .venv/bin/python -c "import torch, torchvision; from torchvision.ops import nms; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ops OK')"
 
+# The main job: the whole study at smoke scale (pre-training, fine-tuning of the five inits, the
+# ablations, TIDE, complexity) through papermill, then every table and figure of the paper.
 if [ "${1:-}" = "--run" ]; then
-  exec .venv/bin/vitdet-bench main
+  status=0
+  .venv/bin/vitdet-bench study run --profile smoke || status=$?  # failed runs are recorded
+  .venv/bin/vitdet-bench study report --profile smoke
+  echo "report: results/study/smoke/report/README.md"
+  exit "$status"
 fi

@@ -41,7 +41,7 @@ def load_baseline(rev: str) -> type:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rev", default="HEAD")
+    parser.add_argument("--rev", default="8b01939", help="baseline revision (default: the last commit before issue 7)")
     parser.add_argument("--size", default="base")
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--layouts", nargs="+", default=["hybrid"], choices=[a.value for a in AttentionLayout])

@@ -246,7 +246,10 @@ def run(args: argparse.Namespace) -> int:
                               "env": env, "threads": torch.get_num_threads(), "amp": args.amp,
                               "load_avg_start": list(os.getloadavg()),
                               "flops_convention": "torch FlopCounterMode: multiply-add = 2 FLOPs; "
-                                                  "*_gmacs = fvcore/paper convention (= gflops / 2)"}
+                                                  "*_gmacs = fvcore/paper convention (= gflops / 2)",
+                              "timing_note": "the first (counted) call of each configuration is the warm-up and "
+                                             "gives FLOPs and peak memory; timed forwards reuse the attention "
+                                             "masks as inference does, training steps rebuild them"}
     if "probe" in args.parts:
         record["probe_gflops_s"] = probe_gflops(device, args.amp, args.probe_size)
         log(f"matmul probe: {record['probe_gflops_s']:.1f} GFLOP/s")
