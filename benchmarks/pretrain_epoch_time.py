@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     images, labels = load_pretrain_images(PretrainDataConfig(num_images=args.num_images))
     results = {}
+    load_before = os.getloadavg()
     for m in args.methods:
         results[m] = time_method(m, args, images, labels)
         print(m, json.dumps({k: v for k, v in results[m].items() if k != "step_s_all"}),
@@ -97,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                 "ViT, params/pretrain_<method>.yaml; extrapolated from the median of "
                 f"{args.steps} timed optimizer steps (after {args.warmup} untimed)",
         "threads": args.threads, "results": results,
+        # the machine is shared: 1-minute load averages show how contended the timing was
+        "load_average_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "cpu_count": os.cpu_count(),
         "provenance": provenance(torch.device(args.device)),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }

@@ -112,6 +112,8 @@ def test_config_is_strict(tmp_path):
         load_pretrain_config({"method": "mae", "train": {"lr_rate": 1.0}})
     with pytest.raises(ConfigError, match="another method"):
         load_pretrain_config({"method": "mae", "mocov3": {"temperature": 0.2}})
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        load_pretrain_config("params/pretrain_mae.yaml", ["train.epochs=2"])  # warmup 5
     with pytest.raises(ConfigError, match="save_epochs"):
         load_pretrain_config({"method": "mae", "train": {"epochs": 2, "save_epochs": [3]}})
     for method in ("supervised", "mocov3", "beit", "mae"):  # the shipped params files load

@@ -83,7 +83,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         status = trainer.run(stop_after_steps=args.stop_after_steps)
         status["train_wall_s"] = time.perf_counter() - start
-        print(json.dumps(status), flush=True)
+        if info.is_main:
+            print(json.dumps(status), flush=True)
         if info.is_main and status["status"] == "finished" and not args.no_eval:
             result = run_eval(trainer.method, cfg, random_baseline=True,
                               figure=out / "mae_reconstruction.png")

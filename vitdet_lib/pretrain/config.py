@@ -295,6 +295,9 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
                           f"batch_per_device={t.batch_per_device}")
     if t.epochs <= 0:
         raise ConfigError("train.epochs must be positive")
+    if not 0 <= t.warmup_epochs < t.epochs:
+        raise ConfigError(f"train.warmup_epochs={t.warmup_epochs} would fill the whole "
+                          f"{t.epochs}-epoch schedule; set it below train.epochs")
     bad = [e for e in t.save_epochs if not 0 < e <= t.epochs]
     if bad:
         raise ConfigError(f"train.save_epochs {bad} lie outside (0, epochs={t.epochs}]")

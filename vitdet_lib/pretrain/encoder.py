@@ -108,14 +108,8 @@ class QVBiasAttention(Attention):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, N, C]; attn_mask: broadcastable to [B, heads, N, N]."""
-        b, n, c = x.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias)
-        q, k, v = qkv.view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        if attn_mask is not None:
-            attn_mask = attn_mask.to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+        return self.proj(self.attend(F.linear(x, self.qkv.weight, bias), attn_mask))
 
 
 class SeqBlock(nn.Module):
