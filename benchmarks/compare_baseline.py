@@ -1,7 +1,7 @@
 """Before/after: the ViT backbone of a git revision (default HEAD) against the working tree, in
 one process, same threads, measurements interleaved so machine load hits both alike.
 
-The old ``vit.py``/``pos.py`` are read with ``git show`` into a throw-away package; both models
+The old ``vit.py``/``pos.py``/``attention.py`` are read with ``git show`` into a throw-away package; both models
 get the same weights. Reported: forward (no grad) and forward+backward time, FLOP/s against a
 matmul probe run between them, and peak live-tensor memory.
 
@@ -28,15 +28,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def load_baseline(rev: str) -> type:
     """The ``ViT`` class of ``vitdet_lib/model`` at git revision ``rev``."""
-    pkg = Path(tempfile.mkdtemp()) / "vitdet_baseline_model"
+    pkg = Path(tempfile.mkdtemp()) / f"vitdet_baseline_{rev}"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for name in ("vit.py", "pos.py"):
-        src = subprocess.run(["git", "show", f"{rev}:vitdet_lib/model/{name}"], cwd=REPO, check=True,
-                             capture_output=True, text=True).stdout
+    for name in ("vit.py", "pos.py", "attention.py"):
+        shown = subprocess.run(["git", "show", f"{rev}:vitdet_lib/model/{name}"], cwd=REPO,
+                               capture_output=True, text=True)
+        if shown.returncode:  # attention.py is newer than the first baseline
+            continue
+        src = shown.stdout
         (pkg / name).write_text(src.replace("from ..config import", "from vitdet_lib.config import"))
     sys.path.insert(0, str(pkg.parent))
-    return importlib.import_module("vitdet_baseline_model.vit").ViT
+    return importlib.import_module(f"vitdet_baseline_{rev}.vit").ViT
 
 
 def main() -> None:

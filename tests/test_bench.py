@@ -46,7 +46,7 @@ def test_bench_command_writes_record(tmp_path):
     out = tmp_path / "bench.json"
     argv = ["bench", "--size", "mini", "--layouts", "window", "hybrid", "global",
             "--image-sizes", "64", "128", "--train-sizes", "64", "128", "--iters", "1",
-            "--detector-image-size", "64", "--detector-set", "box_batch_size_per_image=32", "detections_per_img=5", "rpn_post_nms_top_n_train=50", "rpn_post_nms_top_n_test=20", "--data-images", "4", "--data-source-size", "64",
+            "--detector-image-size", "64", "--detector-layouts", "hybrid", "global_checkpoint", "--detector-set", "box_batch_size_per_image=32", "detections_per_img=5", "rpn_post_nms_top_n_train=50", "rpn_post_nms_top_n_test=20", "--data-images", "4", "--data-source-size", "64",
             "--data-workers", "0", "--threads", "1", "--probe-size", "256", "--json", str(out)]
     assert main(argv) == 0
     rec = json.loads(out.read_text())
@@ -64,6 +64,67 @@ def test_bench_command_writes_record(tmp_path):
     fits = rec["backbone"]["exponent_vs_tokens"]
     assert set(fits) == {"window", "hybrid", "global"}
     assert fits["global"]["fwd_gflops"] > fits["window"]["fwd_gflops"]  # FLOPs are deterministic
-    det = rec["detector"]
-    assert det["train_s"] > 0 and det["train_peak_mb"] > 0 and det["infer_images_s"] > 0
+    dets = rec["detector"]["rows"]
+    assert [d["layout"] for d in dets] == ["hybrid", "global_checkpoint"]
+    for det in dets:
+        assert det["train_s"] > 0 and det["train_peak_mb"] > 0 and det["infer_images_s"] > 0
+    assert rec["detector"]["ratios_to_hybrid"][0]["train_s"] == 1.0
+    assert rec["device_peak_tflops"] is None  # CPU: no data-sheet peak, no utilisation column
+    assert "fwd_device_utilisation" not in rows[0]
     assert rec["data"]["images_s"] > 0 and rec["data"]["workers"] == 0
+
+
+@pytest.mark.parametrize("grid, batch", [((4, 4), 1), ((3, 5), 2)])
+def test_grid_bias_attention_matches_dense_bias(monkeypatch, grid, batch):
+    """The factored global bias (chunks of query grid-rows, gradient added into the factored
+    rows) gives the same output and gradients as plain attention with the dense bias."""
+    from vitdet_lib.model.pos import GridBias, rel_pos_bias
+
+    monkeypatch.setattr(attention_mod, "_CHUNK_ELEMENTS", 40)  # one query grid-row per chunk
+    h, w = grid
+    heads, n = 2, h * w
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(batch, heads, n, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    table = torch.randn((2 * max(h, w) - 1) ** 2, heads, generator=gen, dtype=torch.float64,
+                        requires_grad=True)
+    out = biased_attention(q, k, v, GridBias.from_table(table, grid))
+    ref = torch.softmax(q @ k.transpose(-2, -1) / 2.0 + rel_pos_bias(table, grid)[None], -1) @ v
+    grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad(out, (q, k, v, table), grad)
+    want = torch.autograd.grad(ref, (q, k, v, table), grad)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-6)
+    for g, w_ in zip(got, want):
+        torch.testing.assert_close(g, w_, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="GridBias of a"):
+        biased_attention(q[:, :, :-1], k, v, GridBias.from_table(table, grid))
+
+
+def test_device_peak_lookup_prefers_the_specific_name(monkeypatch):
+    from vitdet_lib import bench
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
+    assert bench.device_peak_tflops(torch.device("cuda")) == 756.0
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert bench.device_peak_tflops(torch.device("cuda")) == 989.4
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
+    assert bench.device_peak_tflops(torch.device("cuda")) is None
+    assert bench.device_peak_tflops(torch.device("cpu")) is None
+
+
+def test_oom_rows_are_recorded_not_fatal(monkeypatch):
+    """A layout that does not fit (the paper's global row on 32 GB) becomes an 'oom' row."""
+    from vitdet_lib import bench
+
+    def boom(*_a, **_k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(bench, "_bench_detector_layout", boom)
+    import argparse
+    args = argparse.Namespace(detector_layouts=["global"], detector_image_size=64, size="mini", detector_set=[])
+    out = bench.bench_detector(args, torch.device("cpu"), log=lambda s: None)
+    assert out["rows"][0]["oom"].startswith("CUDA out of memory")
+    monkeypatch.setattr(bench, "_bench_detector_layout",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        bench.bench_detector(args, torch.device("cpu"), log=lambda s: None)

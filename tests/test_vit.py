@@ -129,3 +129,28 @@ def test_layer_scale_and_drop_path_schedule():
     assert torch.allclose(vit.blocks[0].gamma_1, torch.full((32,), 0.1))
     rates = [b.drop_path.p for b in vit.blocks]
     assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3) and rates == sorted(rates)
+
+
+def test_global_bias_forms_agree(monkeypatch):
+    """CPU training gets the factored global bias, inference the cached dense one (or the
+    factored one past DENSE_BIAS_MAX_BYTES): all three give the same features."""
+    import vitdet_lib.model.vit as vit_mod
+    from vitdet_lib.model.pos import GridBias
+
+    torch.manual_seed(0)
+    vit = ViT(tiny(attention=AttentionLayout.HYBRID), img_size=32).eval()
+    randomize_tables(vit)
+    x = torch.randn(2, 3, 32, 24)  # a non-square 8x6 grid
+    with torch.no_grad():
+        dense_out = vit(x)
+        assert not isinstance(vit.attention_masks((8, 6), 2, x.device)[1], GridBias)
+    assert isinstance(vit.attention_masks((8, 6), 2, x.device)[1], GridBias)  # grad enabled
+    grad_out = vit(x)
+    monkeypatch.setattr(vit_mod, "DENSE_BIAS_MAX_BYTES", 0)
+    vit._mask_cache = None
+    with torch.no_grad():
+        factored_out = vit(x)
+        assert isinstance(vit.attention_masks((8, 6), 2, x.device)[1], GridBias)
+    for a, b, c in zip(dense_out, grad_out, factored_out):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)

@@ -24,7 +24,7 @@ from matplotlib.ticker import NullFormatter
 from torch import nn
 
 from .config import AttentionLayout, vit_config
-from .model import ViT, rel_pos_bias, resize_abs_pos, window_partition, window_unpartition
+from .model import GridBias, ViT, rel_pos_bias, resize_abs_pos, window_partition, window_unpartition
 from .model.pos import sincos_pos_embed
 from .profiling import count_flops, time_call
 
@@ -201,7 +201,7 @@ def capture_block_inputs(vit: ViT, image: torch.Tensor) -> dict[int, tuple[torch
     return captured
 
 
-def attention_probs(attn: nn.Module, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def attention_probs(attn: nn.Module, tokens: torch.Tensor, mask: torch.Tensor | GridBias | None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + mask) of an ``Attention`` module, spelled out (the module itself
     calls SDPA, which never materialises it).
 
@@ -210,6 +210,8 @@ def attention_probs(attn: nn.Module, tokens: torch.Tensor, mask: torch.Tensor | 
     Returns:
         [B, heads, N, N]; ``probs @ v`` reproduces the module's attention output.
     """
+    if isinstance(mask, GridBias):
+        mask = mask.dense()  # global blocks on CPU receive the bias factored
     b, n, c = tokens.shape
     qkv = attn.qkv(tokens).view(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
     q, k, _ = qkv.unbind(0)

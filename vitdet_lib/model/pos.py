@@ -60,47 +60,17 @@ def resize_rel_table(table: torch.Tensor, side: int | tuple[int, int]) -> torch.
     return out.reshape(heads, sh * sw).T.to(table.dtype)
 
 
-class _ExpandRows(torch.autograd.Function):
-    """Second stage of :func:`rel_pos_bias`: [heads, 2h-1, w, w] row-offset blocks ->
-    [heads, h, w, h, w] with out[:, i1, :, i2] = rows[:, h-1-i1+i2].
-
-    Written as h contiguous-row copies (and h slice additions in backward) because autograd
-    through a stack of h strided slices allocates a zero table per slice in backward.
-    """
-
-    @staticmethod
-    def forward(ctx, rows: torch.Tensor, h: int) -> torch.Tensor:  # noqa: ANN001
-        heads, _, w, _ = rows.shape
-        out = rows.new_empty(heads, h, w, h, w)
-        for i1 in range(h):
-            out[:, i1].copy_(rows[:, h - 1 - i1: 2 * h - 1 - i1].transpose(1, 2))
-        ctx.h = h
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
-        h = ctx.h
-        heads, _, w, _, _ = grad.shape
-        grad_rows = grad.new_zeros(heads, 2 * h - 1, w, w)
-        for i1 in range(h):
-            grad_rows[:, h - 1 - i1: 2 * h - 1 - i1].add_(grad[:, i1].transpose(1, 2))
-        return grad_rows, None
-
-
-def rel_pos_bias(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Dense relative-position bias for all token pairs of an h x w grid.
+def rel_pos_rows(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The relative-position bias of an h x w grid in factored form: its row-offset blocks.
 
     Args:
         table: [(2r-1)^2, heads]; resized (bicubic) when its offsets do not cover the grid,
             centre-cropped when they more than cover it.
         grid: (h, w).
     Returns:
-        [heads, h*w, h*w] with bias[:, (i1, j1), (i2, j2)] = table[(i1-i2, j1-j2)].
-
-    No [N, N] index is stored or gathered. The bias is a block-Toeplitz matrix: first each row
-    offset's [w, w] Toeplitz block over column offsets is built from an unfolded view of the
-    table (small: [heads, 2h-1, w, w]), then the h x h blocks are copied out row by row with
-    contiguous inner rows (a single strided gather from the unfolded table runs ~20x slower).
+        rows [heads, 2h-1, w, w] with rows[:, h-1-i1+i2, j1, j2] = table[(i1-i2, j1-j2)]: the
+        [w, w] Toeplitz block between query grid-row i1 and key grid-row i2. 25 MB for ViT-B at
+        64x64, where the dense bias is 805 MB.
     """
     h, w = grid
     side = rel_table_side(table)
@@ -114,8 +84,95 @@ def rel_pos_bias(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     plane = plane[:, c - (h - 1): c + h, c - (w - 1): c + w]  # [heads, 2h-1, 2w-1]
     # unfold: U[a, q, s] = plane[a, q + s]; flipping a and q and swapping q, s gives
     # rows[a', j1, j2] = plane[2h-2-a', j1 - j2 + w-1] (row offset i1-i2 sits at a' = h-1-i1+i2)
-    rows = plane.unfold(2, w, 1).flip(1, 2).transpose(2, 3).contiguous()  # [heads, 2h-1, w, w]
-    return _ExpandRows.apply(rows, h).reshape(heads, h * w, h * w)
+    return plane.unfold(2, w, 1).flip(1, 2).transpose(2, 3).contiguous()
+
+
+def expand_rows(rows: torch.Tensor, first: int, last: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Query grid-rows ``first:last`` of the dense bias, without autograd: [heads, (last-first)*w, h*w]."""
+    heads, two_h, w, _ = rows.shape
+    h = (two_h + 1) // 2
+    if out is None:
+        out = rows.new_empty(heads, last - first, w, h, w)
+    else:
+        out = out.view(heads, last - first, w, h, w)
+    for local, i1 in enumerate(range(first, last)):
+        out[:, local].copy_(rows[:, h - 1 - i1: 2 * h - 1 - i1].transpose(1, 2))
+    return out.view(heads, (last - first) * w, h * w)
+
+
+def add_rows_grad(grad_rows: torch.Tensor, grad: torch.Tensor, first: int) -> None:
+    """Adjoint of :func:`expand_rows`: add grad [heads, c*w, h*w] of query grid-rows
+    ``first:first+c`` into grad_rows [heads, 2h-1, w, w]."""
+    heads, two_h, w, _ = grad_rows.shape
+    h = (two_h + 1) // 2
+    grad = grad.view(heads, -1, w, h, w)
+    for local in range(grad.shape[1]):
+        i1 = first + local
+        grad_rows[:, h - 1 - i1: 2 * h - 1 - i1].add_(grad[:, local].transpose(1, 2))
+
+
+class _ExpandRows(torch.autograd.Function):
+    """[heads, 2h-1, w, w] row-offset blocks -> the dense [heads, h*w, h*w] bias, written as h
+    contiguous-row copies (and h slice additions in backward): autograd through a stack of h
+    strided slices would allocate a zero table per slice in backward."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.rows_shape = rows.shape
+        return expand_rows(rows, 0, (rows.shape[1] + 1) // 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        grad_rows = grad.new_zeros(ctx.rows_shape)
+        add_rows_grad(grad_rows, grad.contiguous(), 0)
+        return grad_rows
+
+
+def rel_pos_bias(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Dense relative-position bias for all token pairs of an h x w grid.
+
+    Args:
+        table: [(2r-1)^2, heads] (see :func:`rel_pos_rows`).
+        grid: (h, w).
+    Returns:
+        [heads, h*w, h*w] with bias[:, (i1, j1), (i2, j2)] = table[(i1-i2, j1-j2)].
+
+    No [N, N] index is stored or gathered. The bias is a block-Toeplitz matrix: each row
+    offset's [w, w] Toeplitz block is built from an unfolded view of the table
+    (:func:`rel_pos_rows`), then the h x h blocks are copied out row by row with contiguous inner
+    rows (a single strided gather from the unfolded table runs ~20x slower). Global attention on
+    CPU never builds it: see :class:`GridBias`.
+    """
+    return _ExpandRows.apply(rel_pos_rows(table, grid))
+
+
+class GridBias:
+    """A relative-position bias over an h x w token grid kept factored (:func:`rel_pos_rows`).
+
+    Global attention over a 64x64 grid would need an 805 MB dense bias (ViT-B, fp32) plus as much
+    again for its gradient, shared by all global blocks; :func:`~.attention.biased_attention`
+    instead builds the bias rows of one query chunk at a time from ``rows`` and adds the bias
+    gradient straight into ``rows``' gradient.
+    """
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        if rows.dim() != 4 or rows.shape[2] != rows.shape[3] or rows.shape[1] % 2 == 0:
+            raise ValueError(f"GridBias rows must be [heads, 2h-1, w, w], got {tuple(rows.shape)}")
+        self.rows = rows
+        self.h = (rows.shape[1] + 1) // 2
+        self.w = rows.shape[-1]
+
+    @classmethod
+    def from_table(cls, table: torch.Tensor, grid: tuple[int, int]) -> "GridBias":
+        return cls(rel_pos_rows(table, grid))
+
+    @property
+    def heads(self) -> int:
+        return self.rows.shape[0]
+
+    def dense(self) -> torch.Tensor:
+        """[1, heads, N, N], differentiable with respect to ``rows``."""
+        return _ExpandRows.apply(self.rows)[None]
 
 
 def sincos_pos_embed(embed_dim: int, grid: int) -> torch.Tensor:

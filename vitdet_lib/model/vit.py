@@ -13,7 +13,12 @@ from torch import nn
 
 from ..config import AttentionLayout, RelPos, ViTConfig
 from .attention import biased_attention
-from .pos import rel_pos_bias, resize_abs_pos
+from .pos import GridBias, rel_pos_bias, resize_abs_pos
+
+
+# Largest dense global bias CPU inference builds and caches (ViT-B at 1024: 805 MB); beyond it
+# (e.g. ViT-L at 1536: 5.4 GB) inference also uses the factored bias, ~25 % slower attention.
+DENSE_BIAS_MAX_BYTES = 1 << 30
 
 
 def _window_regions(h: int, w: int, window_size: int):
@@ -121,11 +126,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | GridBias | None = None) -> torch.Tensor:
         """x: [B, N, C]; attn_mask: broadcastable to [B, heads, N, N]."""
         return self.proj(self.attend(self.qkv(x), attn_mask))
 
-    def attend(self, qkv: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def attend(self, qkv: torch.Tensor, attn_mask: torch.Tensor | GridBias | None = None) -> torch.Tensor:
         """The attention proper, before the output projection: qkv [B, N, 3C] -> [B, N, C]."""
         b, n, c3 = qkv.shape
         c = c3 // 3
@@ -171,7 +176,7 @@ class Block(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | GridBias | None = None) -> torch.Tensor:
         """x: [B, H, W, C]; attn_mask: [B*num_windows or 1, heads, N, N] for this block's kind."""
         b, h, w, c = x.shape
         y = self.norm1(x)
@@ -268,12 +273,17 @@ class ViT(nn.Module):
             blk.drop_path.p = p
 
     def attention_masks(self, hw: tuple[int, int], batch: int, device: torch.device
-                        ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                        ) -> tuple[torch.Tensor | None, torch.Tensor | GridBias | None]:
         """Build, once per forward, the masks shared by all windowed and all global blocks.
 
         Returns:
             window mask [B*num_windows or 1, heads, r*r, r*r] (bias + padding) or None;
-            global mask [1, heads, H*W, H*W] (bias) or None.
+            global bias or None: dense [1, heads, H*W, H*W] on GPUs (SDPA) and for CPU inference
+            (built once, cached, read by the fused kernel: fastest); factored
+            (:class:`GridBias`, [heads, 2H-1, W, W]) for CPU training, where the attention builds it
+            chunk by chunk and neither the dense bias nor its gradient exists (-2.2 GB for
+            ViT-B at 1024), and for CPU inference when the dense bias would exceed
+            ``DENSE_BIAS_MAX_BYTES``.
         """
         key = self._mask_cache_key(hw, batch, device)
         if key is not None and self._mask_cache is not None and self._mask_cache[0] == key:
@@ -289,7 +299,11 @@ class ViT(nn.Module):
                 window_mask = window_mask.expand(batch, *window_mask.shape[1:]) if window_mask.shape[0] == 1 \
                     else window_mask.repeat(batch, 1, 1, 1)
         if self.rel_pos_global_table is not None:
-            global_mask = rel_pos_bias(self.rel_pos_global_table, hw)[None]
+            global_mask = GridBias.from_table(self.rel_pos_global_table, hw)
+            n = hw[0] * hw[1]
+            dense_bytes = global_mask.heads * n * n * global_mask.rows.element_size()
+            if device.type != "cpu" or (key is not None and dense_bytes <= DENSE_BIAS_MAX_BYTES):
+                global_mask = global_mask.dense()
         if key is not None:
             self._mask_cache = (key, (window_mask, global_mask))
         return window_mask, global_mask
@@ -298,13 +312,13 @@ class ViT(nn.Module):
         """Identity of the masks when they can be reused across forwards, else None.
 
         Without autograd the masks depend only on the grid, the batch and the tables' contents,
-        so inference reuses them (the global bias is 805 MB at 1024 for ViT-B and as costly to
-        write as ~3 of its blocks' matmuls on a CPU core). Training rebuilds them every forward:
+        so inference reuses them (the dense global bias used on GPUs is 805 MB at 1024 for ViT-B
+        in fp32). Training rebuilds them every forward:
         the tables change at every step and their gradients flow through the masks.
         """
         tables = [t for t in (self.rel_pos_window_table, self.rel_pos_global_table) if t is not None]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tables):
-            self._mask_cache = None  # do not keep a stale 805 MB bias alive during training
+            self._mask_cache = None  # do not keep a stale bias alive during training
             return None
         return (hw, batch, str(device)) + tuple((t.data_ptr(), t._version, t.dtype) for t in tables)
 
