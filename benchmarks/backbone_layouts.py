@@ -10,12 +10,12 @@ activation checkpointing reduces. Writes JSON with the environment beside it.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from vitdet_lib.config import AttentionLayout, vit_config
+from vitdet_lib.engine.records import write_json
 from vitdet_lib.model.vit import ViT
 from vitdet_lib.profiling import count_flops, environment, peak_memory, time_call
 
@@ -64,15 +64,11 @@ def main() -> None:
         cells = "".join(f"{r[k]:>9.2f} ({r['ratios_to_hybrid'][k]:.2f})" for k in keys)
         print(f"{r['layout']:<18}{cells}")
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
         record = {"command": "python benchmarks/backbone_layouts.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)),
             "size": args.size, "image_size": args.image_size, "env": environment(), "rows": rows}
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(out)
-        print(f"wrote {out}")
+        write_json(Path(args.json), record)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -101,10 +101,12 @@ def test_metrics_records(tmp_path):
     lines = _jsonl(tmp_path / "metrics.jsonl")
     assert [r["iter"] for r in lines] == [1, 3, 6, 8]
     assert {"iter", "epoch", "loss_box", "loss_cls", "loss", "lr", "grad_norm", "time",
-            "data_time", "max_mem_mb"} <= set(lines[0])
+            "data_time", "max_mem_mb", "step_mem_mb"} <= set(lines[0])
+    assert lines[0]["step_mem_mb"] > 0 and all(r["step_mem_mb"] == lines[0]["step_mem_mb"] for r in lines)
     assert lines[-1]["epoch"] == 1.0
     assert lines[0]["grad_norm"] > 0.01  # logged before clipping
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["status"] == "finished" and saved["iterations"] == 8
+    assert saved["step_mem_mb"] == lines[0]["step_mem_mb"]
     assert saved == json.loads(json.dumps(summary))
     assert load_experiment(tmp_path / "config.yaml") == trainer.cfg

@@ -154,3 +154,26 @@ def test_global_bias_forms_agree(monkeypatch):
     for a, b, c in zip(dense_out, grad_out, factored_out):
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_casts_masks_once_and_trains():
+    """CPU bf16 autocast (the paper's AMP): masks are built in bf16 once per forward (and cached
+    for inference under their dtype), outputs stay close to fp32, gradients reach the tables."""
+    torch.manual_seed(0)
+    vit = ViT(tiny(attention=AttentionLayout.HYBRID, depth=8), img_size=32)
+    randomize_tables(vit)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = vit.eval()(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = vit(x)
+            window_mask, global_mask = vit.attention_masks((8, 8), 1, x.device)
+    assert window_mask.dtype == global_mask.dtype == torch.bfloat16
+    for a, b in zip(out, ref):
+        assert ((a.float() - b).norm() / b.norm()) < 2e-2
+    vit.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = sum(o.float().pow(2).mean() for o in vit(x))
+    loss.backward()
+    for t in (vit.rel_pos_window_table, vit.rel_pos_global_table):
+        assert t.grad is not None and t.grad.dtype == torch.float32 and t.grad.abs().sum() > 0

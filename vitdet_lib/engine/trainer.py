@@ -6,6 +6,8 @@ averages the gradients once, on the last of them. Records written to ``output_di
 
     config.yaml     the complete experiment config
     metrics.jsonl   one line per ``log_every`` steps: losses, lr, grad norm, times, memory
+                    (``max_mem_mb``: CUDA max allocated / CPU peak RSS; ``step_mem_mb``: the
+                    first step's own peak, comparable across devices)
     eval.jsonl      one line per evaluation (at the ``eval_at`` fractions of the schedule)
     metrics.json    the summary, written at the end
     checkpoint_*.pth, last.pth   (see ``checkpoint.py``); a rerun resumes from ``last.pth``
@@ -34,6 +36,7 @@ from tqdm import tqdm
 
 from vitdet_lib.config import ConfigError, to_dict
 from vitdet_lib.experiment import AmpMode, ExperimentConfig, save_experiment
+from vitdet_lib.profiling import LiveMemoryTracker
 
 from . import checkpoint as ckpt
 from . import distributed as du
@@ -181,6 +184,7 @@ class Trainer:
         self.iteration = 0
         self.eval_history: list[dict[str, Any]] = []
         self.train_time_s = 0.0
+        self.step_mem_mb: float | None = None  # measured on this process's first step
         self.stream = _MicroBatches(data.make_loader, 0, 0)
 
     # ------------------------------------------------------------------ state
@@ -287,28 +291,10 @@ class Trainer:
     def _step(self) -> dict[str, float]:
         """One optimizer step over ``accum`` micro-batches; returns this step's record."""
         t = self.cfg.train
-        device = self.info.device
         start = time.perf_counter()
-        data_time = 0.0
         self.optimizer.zero_grad(set_to_none=True)
-        names: list[str] | None = None
-        sums: torch.Tensor | None = None  # per loss term, summed over micro-batches
-        for m in range(self.accum):
-            t0 = time.perf_counter()
-            images, targets = _to_device(self.stream.next(), device)
-            data_time += time.perf_counter() - t0
-            # gradients are all-reduced once per step, on the last micro-batch
-            sync = (self.ddp_model.no_sync() if self.info.is_distributed and m < self.accum - 1
-                    else contextlib.nullcontext())
-            with sync:
-                with autocast_context(t.amp, device):
-                    losses = self.ddp_model(images, targets)
-                names = names or sorted(losses)
-                values = torch.stack([losses[k].detach().float() for k in names])
-                sums = values if sums is None else sums + values
-                total = sum(losses[k] for k in names)
-                self.scaler.scale(total / self.accum).backward()
-        assert names is not None and sums is not None
+        with self._step_memory():
+            names, sums, data_time = self._forward_backward()
         # one collective for the log values and the divergence check of every rank
         mean = du.all_reduce_sum(sums / self.accum) / self.info.world_size
         bad = [n for n, v in zip(names, mean.tolist()) if not math.isfinite(v)]
@@ -339,6 +325,53 @@ class Trainer:
                       data_time=data_time)
         return record
 
+    def _forward_backward(self) -> tuple[list[str], torch.Tensor, float]:
+        """``accum`` micro-batches' forward and backward -> (loss names, per-term loss sums over
+        the micro-batches, seconds spent waiting for data)."""
+        t = self.cfg.train
+        device = self.info.device
+        data_time = 0.0
+        names: list[str] | None = None
+        sums: torch.Tensor | None = None
+        for m in range(self.accum):
+            t0 = time.perf_counter()
+            images, targets = _to_device(self.stream.next(), device)
+            data_time += time.perf_counter() - t0
+            # gradients are all-reduced once per step, on the last micro-batch
+            sync = (self.ddp_model.no_sync() if self.info.is_distributed and m < self.accum - 1
+                    else contextlib.nullcontext())
+            with sync:
+                with autocast_context(t.amp, device):
+                    losses = self.ddp_model(images, targets)
+                names = names or sorted(losses)
+                values = torch.stack([losses[k].detach().float() for k in names])
+                sums = values if sums is None else sums + values
+                total = sum(losses[k] for k in names)
+                self.scaler.scale(total / self.accum).backward()
+        assert names is not None and sums is not None
+        return names, sums, data_time
+
+    @contextlib.contextmanager
+    def _step_memory(self) -> Iterator[None]:
+        """On the first step, measure the step's own peak memory (activations, gradients,
+        temporaries; weights and optimizer state excluded): CUDA's allocator statistics, or the
+        live-tensor tracker on CPU, where the process RSS would mostly show everything else."""
+        if self.step_mem_mb is not None:
+            yield
+            return
+        device = self.info.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            yield
+            self.step_mem_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+            return
+        tracker = LiveMemoryTracker()
+        with tracker:
+            yield
+        self.step_mem_mb = tracker.peak / 2**20
+
     def _epoch(self) -> float:
         return self.iteration * self.cfg.train.batch_size / self.data.num_images
 
@@ -351,6 +384,7 @@ class Trainer:
             # lr is the schedule's value at the last step; everything else averages the window
             line[key] = values[-1] if key == "lr" else sum(values) / len(values)
         line["max_mem_mb"] = peak_memory_mb(self.info.device)
+        line["step_mem_mb"] = self.step_mem_mb
         records.append_jsonl(self.out / "metrics.jsonl", line)
         if not sys.stderr.isatty():
             log.info("iter %d/%d loss %.4f lr %.3g grad_norm %.3g %.3fs/it", self.iteration,
@@ -384,7 +418,7 @@ class Trainer:
             "effective_batch": self.cfg.train.batch_size, "accumulation": self.accum,
             "world_size": self.info.world_size, "train_time_s": self.train_time_s,
             "time_per_iter_s": self.train_time_s / max(self.iteration, 1),
-            "max_mem_mb": peak_memory_mb(self.info.device),
+            "max_mem_mb": peak_memory_mb(self.info.device), "step_mem_mb": self.step_mem_mb,
             "final_eval": self.eval_history[-1] if self.eval_history else None,
             "eval_history": self.eval_history, "config": to_dict(self.cfg),
             "provenance": records.provenance(self.info.device),

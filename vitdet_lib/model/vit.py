@@ -304,6 +304,12 @@ class ViT(nn.Module):
             dense_bytes = global_mask.heads * n * n * global_mask.rows.element_size()
             if device.type != "cpu" or (key is not None and dense_bytes <= DENSE_BIAS_MAX_BYTES):
                 global_mask = global_mask.dense()
+        if torch.is_autocast_enabled(device.type):  # cast once here, not in every block
+            dtype = torch.get_autocast_dtype(device.type)
+            if window_mask is not None:
+                window_mask = window_mask.to(dtype)
+            if isinstance(global_mask, torch.Tensor):
+                global_mask = global_mask.to(dtype)
         if key is not None:
             self._mask_cache = (key, (window_mask, global_mask))
         return window_mask, global_mask
@@ -320,7 +326,8 @@ class ViT(nn.Module):
         if torch.is_grad_enabled() and any(t.requires_grad for t in tables):
             self._mask_cache = None  # do not keep a stale bias alive during training
             return None
-        return (hw, batch, str(device)) + tuple((t.data_ptr(), t._version, t.dtype) for t in tables)
+        amp = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        return (hw, batch, str(device), amp) + tuple((t.data_ptr(), t._version, t.dtype) for t in tables)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: [B, 3, H, W] (padded to a multiple of the patch size if needed) ->

@@ -110,6 +110,7 @@ def _speed_cols(recs: list[dict[str, Any]]) -> dict[str, str]:
     return {"APbox": _cell(recs, "bbox/AP"), "APmask": _cell(recs, "segm/AP"),
             "train s/iter": _cell(recs, "train_s_per_iter", 3),
             "infer s/img": _cell(recs, "infer_s_per_img", 3),
+            "train step mem MB": _cell(recs, "step_mem_mb", 0),
             "peak mem MB (CUDA alloc. / CPU RSS)": _cell(recs, "max_mem_mb", 0)}
 
 

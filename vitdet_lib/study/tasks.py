@@ -128,7 +128,7 @@ def finetune(*, run_name: str, record_path: str, work_dir: str, params: str,
     metrics.update(iterations=summary.get("iterations"), epochs=summary.get("epochs"),
                    train_s_per_iter=summary.get("time_per_iter_s"),
                    infer_s_per_img=(final.get("eval_time_s", 0) / n_img) if n_img else None,
-                   max_mem_mb=summary.get("max_mem_mb"))
+                   max_mem_mb=summary.get("max_mem_mb"), step_mem_mb=summary.get("step_mem_mb"))
     from vitdet_lib.checkpoint.init import resolve_pos_init
 
     rel, abs_ = resolve_pos_init(cfg.init, cfg.model.backbone)
