@@ -128,3 +128,14 @@ def test_oom_rows_are_recorded_not_fatal(monkeypatch):
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         bench.bench_detector(args, torch.device("cpu"), log=lambda s: None)
+
+
+def test_bench_memory_sees_activation_checkpointing(tmp_path):
+    """Peak memory is measured outside the FLOP counter, whose module tracking would keep the
+    activations that checkpointing frees (the two layouts would then read the same)."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--parts", "backbone", "--size", "mini", "--layouts", "global", "global_checkpoint",
+                 "--image-sizes", "128", "--train-sizes", "128", "--threads", "1", "--probe-size", "128",
+                 "--json", str(out)]) == 0
+    rows = {r["layout"]: r for r in json.loads(out.read_text())["backbone"]["rows"]}
+    assert rows["global_checkpoint"]["train_peak_mb"] < 0.8 * rows["global"]["train_peak_mb"]

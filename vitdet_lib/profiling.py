@@ -156,11 +156,15 @@ def environment() -> dict[str, Any]:
 
     import torchvision
 
+    here = os.path.dirname(__file__)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__), timeout=10).stdout.strip()
+                                cwd=here, timeout=10).stdout.strip()
+        # uncommitted changes to the package: the commit alone does not name the measured code
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True,
+                                    text=True, cwd=here, timeout=10).stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError):
-        commit = ""
+        commit, dirty = "", None
     cuda = torch.cuda.is_available()
     return {
         "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})",
@@ -170,4 +174,5 @@ def environment() -> dict[str, Any]:
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
         "git_commit": commit,
+        "git_dirty": dirty,
     }
