@@ -139,3 +139,26 @@ def test_bench_memory_sees_activation_checkpointing(tmp_path):
                  "--json", str(out)]) == 0
     rows = {r["layout"]: r for r in json.loads(out.read_text())["backbone"]["rows"]}
     assert rows["global_checkpoint"]["train_peak_mb"] < 0.8 * rows["global"]["train_peak_mb"]
+
+
+def test_naive_attention_reference_matches_and_costs_more_memory(tmp_path):
+    from vitdet_lib.model.attention import naive_attention
+    from vitdet_lib.model.pos import GridBias
+
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 2, 12, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    table = torch.randn(49, 2, generator=gen, dtype=torch.float64)
+    fused = biased_attention(q, k, v, GridBias.from_table(table, (3, 4)))
+    with naive_attention():
+        naive = biased_attention(q, k, v, GridBias.from_table(table, (3, 4)))
+    torch.testing.assert_close(fused, naive)
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--parts", "backbone", "--size", "mini", "--layouts", "hybrid", "global",
+                 "--attention-impls", "fused", "naive", "--image-sizes", "256", "--train-sizes", "256",
+                 "--threads", "1", "--probe-size", "128", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())["backbone"]
+    rows = {(r["layout"], r["impl"]): r for r in rec["rows"]}
+    assert len(rows) == 4
+    assert rows[("global", "naive")]["train_peak_mb"] > 1.2 * rows[("global", "fused")]["train_peak_mb"]
+    assert {(r["layout"], r["impl"]) for r in rec["ratios_to_hybrid"]} == set(rows)

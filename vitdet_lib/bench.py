@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from .config import AttentionLayout, DetectorConfig, ModelConfig, vit_config
+from .model.attention import naive_attention
 from .profiling import count_flops, environment, peak_memory, time_call
 
 DEFAULT_OUT = Path("results/bench")
@@ -114,8 +115,10 @@ def bench_backbone(args: argparse.Namespace, device: torch.device, log: Callable
     from .model.vit import ViT
 
     rows = []
-    for layout in args.layouts:
+    for impl, layout in ((i, lay) for i in args.attention_impls for lay in args.layouts):
         for size in args.image_sizes:
+            if impl == "naive" and args.naive_max_size and size > args.naive_max_size:
+                continue
             do_fwd = layout != AttentionLayout.GLOBAL_CHECKPOINT.value  # same forward as global
             do_train = size in args.train_sizes
             if not (do_fwd or do_train):
@@ -123,29 +126,12 @@ def bench_backbone(args: argparse.Namespace, device: torch.device, log: Callable
             cfg = vit_config(args.size, attention=AttentionLayout(layout), drop_path_rate=0.0)
             vit = ViT(cfg, img_size=size).to(device)
             x = torch.randn(1, 3, size, size, device=device)
-            row: dict[str, Any] = {"layout": layout, "image_size": size, "tokens": (size // cfg.patch_size) ** 2,
+            row: dict[str, Any] = {"layout": layout, "impl": impl, "image_size": size,
+                                   "tokens": (size // cfg.patch_size) ** 2,
                                    "probe_gflops_s": probe_gflops(device, args.amp, args.probe_size)}
             try:
-                if do_fwd:
-                    vit.eval()
-                    with torch.no_grad(), autocast(device, args.amp):  # each call builds its masks
-                        row["fwd_gflops"], row["fwd_peak_mb"] = counted_run(
-                            lambda: (_clear_mask_cache(vit), vit(x)), device)
-                        row["fwd_s"] = time_call(lambda: vit(x), device, iters=args.iters, warmup=0)
-                    row["fwd_gmacs"] = row["fwd_gflops"] / 2
-                    _efficiencies(row, "fwd", args.peak_tflops)
-                if do_train:
-                    vit.train()
-
-                    def step() -> None:
-                        with autocast(device, args.amp):
-                            loss = sum(o.float().mean() for o in vit(x))
-                        loss.backward()
-
-                    _allocate_grads(vit)
-                    row["train_gflops"], row["train_peak_mb"] = counted_run(step, device)
-                    row["train_s"] = time_call(step, device, iters=args.train_iters, warmup=0)
-                    _efficiencies(row, "train", args.peak_tflops)
+                with naive_attention(impl == "naive"):
+                    _measure_backbone(vit, x, row, do_fwd, do_train, args, device)
             except RuntimeError as err:
                 if not _is_oom(err):
                     raise
@@ -155,14 +141,40 @@ def bench_backbone(args: argparse.Namespace, device: torch.device, log: Callable
             del vit, x
             _free(device)
     fits: dict[str, dict[str, float]] = {}
-    for layout in args.layouts:
-        fits[layout] = {}
+    for impl, layout in ((i, lay) for i in args.attention_impls for lay in args.layouts):
+        name = layout if impl == "fused" else f"{layout}/{impl}"
+        fits[name] = {}
         for key in ("fwd_s", "fwd_gflops", "train_s", "train_peak_mb"):
-            pts = [(r["tokens"], r[key]) for r in rows if r["layout"] == layout and key in r]
+            pts = [(r["tokens"], r[key]) for r in rows
+                   if r["layout"] == layout and r["impl"] == impl and key in r]
             if len(pts) >= 2:
-                fits[layout][key] = fit_exponent([p[0] for p in pts], [p[1] for p in pts])
+                fits[name][key] = fit_exponent([p[0] for p in pts], [p[1] for p in pts])
     ratios = _ratios_to_hybrid(rows)
     return {"size": args.size, "rows": rows, "exponent_vs_tokens": fits, "ratios_to_hybrid": ratios}
+
+
+def _measure_backbone(vit: torch.nn.Module, x: torch.Tensor, row: dict[str, Any], do_fwd: bool,
+                      do_train: bool, args: argparse.Namespace, device: torch.device) -> None:
+    """Fill ``row`` with the forward and/or training measurements of one configuration."""
+    if do_fwd:
+        vit.eval()
+        with torch.no_grad(), autocast(device, args.amp):  # each counted call builds its masks
+            row["fwd_gflops"], row["fwd_peak_mb"] = counted_run(lambda: (_clear_mask_cache(vit), vit(x)), device)
+            row["fwd_s"] = time_call(lambda: vit(x), device, iters=args.iters, warmup=0)
+        row["fwd_gmacs"] = row["fwd_gflops"] / 2
+        _efficiencies(row, "fwd", args.peak_tflops)
+    if do_train:
+        vit.train()
+
+        def step() -> None:
+            with autocast(device, args.amp):
+                loss = sum(o.float().mean() for o in vit(x))
+            loss.backward()
+
+        _allocate_grads(vit)
+        row["train_gflops"], row["train_peak_mb"] = counted_run(step, device)
+        row["train_s"] = time_call(step, device, iters=args.train_iters, warmup=0)
+        _efficiencies(row, "train", args.peak_tflops)
 
 
 def _efficiencies(row: dict, kind: str, peak_tflops: float | None) -> None:
@@ -176,17 +188,20 @@ def _efficiencies(row: dict, kind: str, peak_tflops: float | None) -> None:
 def _ratios_to_hybrid(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
-        ref = next((h for h in rows if h["layout"] == "hybrid" and h["image_size"] == r["image_size"]), None)
+        ref = next((h for h in rows if h["layout"] == "hybrid" and h["image_size"] == r["image_size"]
+                    and h.get("impl") == r.get("impl")), None)
         if ref is None:
             continue
         keys = [k for k in ("fwd_s", "fwd_gflops", "fwd_peak_mb", "train_s", "train_peak_mb", "infer_s")
                 if k in r and k in ref]
-        out.append({"layout": r["layout"], "image_size": r["image_size"], **{k: r[k] / ref[k] for k in keys}})
+        out.append({"layout": r["layout"], "impl": r.get("impl"), "image_size": r["image_size"],
+                    **{k: r[k] / ref[k] for k in keys}})
     return out
 
 
 def _fmt_row(r: dict) -> str:
-    parts = [f"{r['layout']:<17} {r['image_size']:>5}px"]
+    name = r["layout"] if r.get("impl", "fused") == "fused" else f"{r['layout']}/{r['impl']}"
+    parts = [f"{name:<23} {r['image_size']:>5}px"]
     if "oom" in r:
         parts.append(f"OUT OF MEMORY ({r['oom'][:80]})")
     if "fwd_s" in r:
@@ -345,6 +360,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--size", default="base", help="ViT size: tiny small base large mini")
     p.add_argument("--layouts", nargs="+", default=["window", "hybrid", "global", "global_checkpoint"],
                    choices=[a.value for a in AttentionLayout])
+    p.add_argument("--attention-impls", nargs="+", default=["fused"], choices=["fused", "naive"],
+                   help="fused: ours; naive: attention materialised with plain ops (detectron2-style), as a reference")
+    p.add_argument("--naive-max-size", type=int, default=None,
+                   help="skip naive rows above this input side (global naive at 1024 needs ~20 GB)")
     p.add_argument("--image-sizes", nargs="+", type=int, default=[256, 512, 1024],
                    help="backbone input sides (forward at all of them)")
     p.add_argument("--train-sizes", nargs="+", type=int, default=[512, 1024],

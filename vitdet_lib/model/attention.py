@@ -15,12 +15,17 @@ for ViT-B at 1024, ~2.4 GB at the backward's peak, shared by all global blocks).
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
 from .pos import GridBias, add_rows_grad, expand_rows
 
 aten = torch.ops.aten
+
+_NAIVE = False  # see naive_attention
 
 # elements of one [B, heads, chunk, N] temporary in the chunked backward (~64 MB in fp32)
 _CHUNK_ELEMENTS = 1 << 24
@@ -155,6 +160,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Returns:
         [B, heads, N, head_dim].
     """
+    if _NAIVE:
+        return _naive(q, k, v, bias.dense() if isinstance(bias, GridBias) else bias)
     if isinstance(bias, GridBias):
         if q.shape[-2] != bias.h * bias.w or k.shape[-2] != q.shape[-2]:
             raise ValueError(f"GridBias of a {bias.h}x{bias.w} grid used with {q.shape[-2]} queries "
@@ -168,3 +175,23 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if needs_bias_grad and q.device.type == "cpu" and bias.dim() == 4:
         return _FlashWithBiasGrad.apply(q, k, v, bias)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+@contextlib.contextmanager
+def naive_attention(enabled: bool = True) -> Iterator[None]:
+    """Within the context, :func:`biased_attention` materialises softmax(q k^T / sqrt(d) + bias)
+    with plain autograd ops, as detectron2's ViTDet and most public ViT detectors do, so
+    backward keeps [B, heads, N, N] per block: the reference the benchmark compares against."""
+    global _NAIVE
+    previous, _NAIVE = _NAIVE, enabled
+    try:
+        yield
+    finally:
+        _NAIVE = previous
+
+
+def _naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
+    return scores.softmax(-1) @ v
