@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from vitdet_lib.config import AttentionLayout, vit_config
-from vitdet_lib.engine.records import write_json
+from vitdet_lib.io import write_json_atomic
 from vitdet_lib.model.vit import ViT
 from vitdet_lib.profiling import count_flops, environment, peak_memory, time_call
 
@@ -67,7 +67,7 @@ def main() -> None:
         record = {"command": "python benchmarks/backbone_layouts.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)),
             "size": args.size, "image_size": args.image_size, "env": environment(), "rows": rows}
-        write_json(Path(args.json), record)
+        write_json_atomic(Path(args.json), record)
         print(f"wrote {args.json}")
 
 

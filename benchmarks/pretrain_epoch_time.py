@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from vitdet_lib.engine.records import provenance
+from vitdet_lib.io import provenance
 from vitdet_lib.pretrain.config import TokenizerConfig, load_pretrain_config
 from vitdet_lib.pretrain.data import load_pretrain_images
 from vitdet_lib.pretrain.engine import Pretrainer

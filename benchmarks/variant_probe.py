@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from vitdet_lib.config import AttentionLayout, vit_config
-from vitdet_lib.engine.records import write_json
+from vitdet_lib.io import write_json_atomic
 from vitdet_lib.model.vit import ViT
 from vitdet_lib.profiling import environment, time_call
 
@@ -95,7 +95,7 @@ def main() -> None:
         res[f"{kind}_all"] = {"eager": eager, "variant": comp}
     print(json.dumps({k: v for k, v in res.items() if not k.endswith("_all")}, indent=1))
     if args.json:
-        write_json(Path(args.json), {
+        write_json_atomic(Path(args.json), {
             "command": "python benchmarks/variant_probe.py " + " ".join(sys.argv[1:]), "env": environment(),
             "threads": torch.get_num_threads(), "load_avg": list(os.getloadavg()), **res})
         print(f"wrote {args.json}")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vitdet_lib.engine import checkpoint as ckpt
+from vitdet_lib.io import torch_save_atomic
 
 
 def _state(i: int) -> dict:
@@ -63,7 +64,7 @@ def test_rng_state_round_trip_through_file(tmp_path):
     import numpy as np
 
     state = ckpt.capture_rng_state()
-    ckpt.atomic_torch_save({"rng": state}, tmp_path / "r.pth")
+    torch_save_atomic({"rng": state}, tmp_path / "r.pth")
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     ckpt.restore_rng_state(ckpt.load_checkpoint(tmp_path / "r.pth")["rng"])  # weights_only
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected

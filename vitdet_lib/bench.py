@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -31,6 +30,7 @@ from typing import Any, Callable
 import torch
 
 from .config import AttentionLayout, DetectorConfig, ModelConfig, vit_config
+from .io import write_json_atomic
 from .model.attention import naive_attention
 from .profiling import count_flops, environment, peak_memory, time_call
 
@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     args.train_sizes = args.train_sizes if args.train_sizes is not None else args.image_sizes
     log = lambda s: print(s, flush=True)  # noqa: E731
     env = environment()
-    log(f"{env['device']} | torch {env['torch']} | {torch.get_num_threads()} threads | amp {args.amp}"
+    log(f"{env['device']} | torch {env['packages']['torch']} | {torch.get_num_threads()} threads | amp {args.amp}"
         f" | load avg {os.getloadavg()[0]:.1f}")
     record: dict[str, Any] = {"command": "vitdet-bench " + " ".join(args.argv or sys.argv[1:]),
                               "env": env, "threads": torch.get_num_threads(), "amp": args.amp,
@@ -345,10 +345,7 @@ def run(args: argparse.Namespace) -> int:
     record["load_avg_end"] = list(os.getloadavg())
     record["wall_s"] = time.perf_counter() - started
     out = Path(args.json) if args.json else DEFAULT_OUT / f"bench_{args.size}_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(out)
+    write_json_atomic(out, record, indent=2)
     log(f"wrote {out} ({record['wall_s']:.0f} s)")
     return 0
 

@@ -9,7 +9,6 @@ paper's CNN reference.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from .config import AttentionLayout, DetectorConfig, ModelConfig, vit_config
+from .io import write_json_atomic
 from .model import build_detector, build_resnet_detector
 from .profiling import count_activations, count_flops, environment, peak_memory, time_call
 
@@ -149,11 +149,9 @@ def run(args: argparse.Namespace) -> int:
     print("FLOPs: torch's counter (multiply-add = 2); GMACs = the paper's/fvcore's convention.")
     if args.json:
         out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        record = {"command": "vitdet-bench " + " ".join(args.argv), "reports": [asdict(r) for r in reports]}
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(out)
+        record = {"command": "vitdet-bench " + " ".join(args.argv),
+                  "reports": [asdict(r) for r in reports]}
+        write_json_atomic(out, record, indent=2)
         print(f"wrote {out}")
     return 0
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
-import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .data.loader import build_loader
+from .io import write_json_atomic
 
 METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -82,20 +81,10 @@ def predictions_to_coco(
     return results
 
 
-def _write_json_atomic(path: str | Path, data: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-    return path
-
-
 def save_coco_results(path: str | Path, results: list[dict[str, Any]]) -> Path:
     """Write results json atomically (temporary file + ``os.replace``, so a reader never sees
     half a file); returns ``path``."""
-    return _write_json_atomic(path, results)
+    return write_json_atomic(path, results, indent=None)
 
 
 def _load_gt(gt: str | Path | COCO) -> COCO:
@@ -238,7 +227,7 @@ def evaluate_model(
     if output_dir is not None and _rank() == 0:
         out = Path(output_dir)
         save_coco_results(out / "coco_results.json", results)
-        _write_json_atomic(out / "metrics.json", metrics)
+        write_json_atomic(out / "metrics.json", metrics, indent=None)
     return metrics
 
 

@@ -13,7 +13,6 @@ import enum
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import yaml
 
 from vitdet_lib.checkpoint.init import InitConfig, resolve_pos_init
 from vitdet_lib.config import ConfigError, ModelConfig, apply_overrides, from_dict, to_dict
+from vitdet_lib.io import write_text_atomic
 
 BASE_KEY = "base"
 
@@ -288,16 +288,4 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
 
 def save_experiment(cfg: ExperimentConfig, path: str | os.PathLike[str]) -> None:
     """Write the complete config (no ``base:``) as YAML, atomically; it loads back equal."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

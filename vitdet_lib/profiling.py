@@ -12,6 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from .io import provenance
+
 aten = torch.ops.aten
 
 # fvcore counts as "activations" the outputs of convolutions and matrix multiplies (detectron2's
@@ -148,31 +150,6 @@ def matmul_peak_flops(device: torch.device, n: int = 2048, dtype: torch.dtype = 
     return 2 * n**3 / seconds
 
 
-def environment() -> dict[str, Any]:
-    """Device and versions recorded beside every measurement."""
-    import os
-    import platform
-    import subprocess
-
-    import torchvision
-
-    here = os.path.dirname(__file__)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=here, timeout=10).stdout.strip()
-        # uncommitted changes to the package: the commit alone does not name the measured code
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True,
-                                    text=True, cwd=here, timeout=10).stdout.strip()) if commit else None
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", None
-    cuda = torch.cuda.is_available()
-    return {
-        "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})",
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": platform.python_version(),
-        "git_commit": commit,
-        "git_dirty": dirty,
-    }
+def environment(device: Any = None) -> dict[str, Any]:
+    """Device and versions recorded beside every measurement (``vitdet_lib.io.provenance``)."""
+    return provenance(device)

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from ..config import VIT_SIZES, ConfigError, RelPos, ViTConfig, vit_config
-from ..engine.checkpoint import atomic_torch_save, atomic_write
+from ..io import torch_save_atomic, write_text_atomic
 from ..model.vit import ViT
 from .init import AbsPosInit, InitConfig, InitKind, RelPosInit
 from .load import initialize_backbone
@@ -72,9 +72,9 @@ def run_convert(args: argparse.Namespace) -> int:
     except (CheckpointError, ConfigError) as err:
         print(f"vitdet-bench convert: error: {err}", file=sys.stderr)
         return 2
-    atomic_torch_save(vit.state_dict(), args.out)
+    torch_save_atomic(vit.state_dict(), args.out)
     if args.report_json:
-        atomic_write(args.report_json, lambda f: f.write(report.to_json().encode()))
+        write_text_atomic(args.report_json, report.to_json())
     print(report.summary())
     print(f"wrote {Path(args.out)} ({len(vit.state_dict())} tensors)")
     return 0

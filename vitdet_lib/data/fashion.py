@@ -24,7 +24,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from .scenes import CocoWriter, Layer, composite, write_json_atomic
+from ..io import write_json_atomic, write_text_atomic
+from .scenes import CocoWriter, Layer, composite
 
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "VITDET_FASHION_MNIST_DIR"
@@ -253,7 +254,7 @@ def write_fashion_scenes(
         paths[split] = writer.write()
     sheet = _datasheet(paths, seed, source, params, {s: len(p) for s, p in pools.items()})
     write_json_atomic(Path(out_dir) / "datasheet.json", sheet, indent=1)
-    _write_text_atomic(Path(out_dir) / "datasheet.md", _datasheet_markdown(sheet))
+    write_text_atomic(Path(out_dir) / "datasheet.md", _datasheet_markdown(sheet))
     return paths
 
 
@@ -357,8 +358,3 @@ def _datasheet_markdown(sheet: dict[str, Any]) -> str:
         ]
     return "\n".join(lines)
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -16,8 +16,6 @@ small/medium/large ranges).
 
 from __future__ import annotations
 
-import json
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..io import write_json_atomic
 
 SHAPE_CLASSES: tuple[str, ...] = ("ellipse", "rectangle", "triangle", "pentagon")
 
@@ -207,18 +207,8 @@ class CocoWriter:
             "annotations": self.annotations,
             "categories": self.categories,
         }
-        write_json_atomic(path, data)
+        write_json_atomic(path, data, indent=None)
         return path
-
-
-def write_json_atomic(path: str | Path, data: Any, **dump_kwargs: Any) -> None:
-    """Write json to ``path`` via a temporary file and ``os.replace`` (no half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, **dump_kwargs)
-    os.replace(tmp, path)
 
 
 def _shape_mask(kind: str, size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..io import atomic_write, fsync_dir, torch_save_atomic
 
 LAST_NAME = "last.pth"
 _PERIODIC = re.compile(r"^checkpoint_(\d+)\.pth$")
@@ -30,43 +30,6 @@ _PERIODIC = re.compile(r"^checkpoint_(\d+)\.pth$")
 
 def checkpoint_name(iteration: int) -> str:
     return f"checkpoint_{iteration:07d}.pth"
-
-
-def _fsync_dir(folder: Path) -> None:
-    # makes the rename itself durable; not every platform can open a directory
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> None:
-    """Call ``write(binary_file)`` on a temporary file, then move it to ``path`` atomically.
-
-    On any exception (including KeyboardInterrupt) the temporary file is removed and the
-    previous ``path``, if any, is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _point_last(target: Path) -> None:
@@ -84,7 +47,7 @@ def _point_last(target: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def periodic_checkpoints(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
@@ -105,7 +68,7 @@ def save_checkpoint(state: dict[str, Any], folder: str | os.PathLike[str], *, it
     """
     folder = Path(folder)
     path = folder / checkpoint_name(iteration)
-    atomic_torch_save(state, path)
+    torch_save_atomic(state, path)
     _point_last(path)
     # prune only after last.pth names the new file, so a complete checkpoint always survives
     for _, old in periodic_checkpoints(folder)[:-keep_last]:

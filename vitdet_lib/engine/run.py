@@ -32,11 +32,11 @@ from vitdet_lib.data import (
 )
 from vitdet_lib.evaluation import evaluate_model
 from vitdet_lib.experiment import DataConfig, ExperimentConfig, GeneratedKind
+from vitdet_lib.io import provenance, write_json_atomic
 from vitdet_lib.model import build_detector
 
 from . import checkpoint as ckpt
 from . import distributed as du
-from . import records
 from .trainer import TrainData, Trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
         report = initialize_backbone(model.backbone.vit, cfg.init)
         if info.is_main:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-            records.write_json(Path(cfg.output_dir) / "init_report.json", report.to_dict())
+            write_json_atomic(Path(cfg.output_dir) / "init_report.json", report.to_dict())
             log.info("backbone initialisation:\n%s", report.summary())
         model.to(info.device)
         t = cfg.train
@@ -215,8 +215,8 @@ def evaluate(cfg: ExperimentConfig, checkpoint: str | Path) -> dict[str, Any]:
         if info.is_main:
             record = {"checkpoint": str(checkpoint), "iteration": state.get("iteration"),
                       "metrics": metrics, "config": to_dict(cfg),
-                      "provenance": records.provenance(info.device)}
-            records.write_json(out / "record.json", record)
+                      "provenance": provenance(info.device)}
+            write_json_atomic(out / "record.json", record)
         return metrics
     finally:
         if session.owns_group:

@@ -38,6 +38,7 @@ from vitdet_lib.config import ConfigError, to_dict
 from vitdet_lib.experiment import AmpMode, ExperimentConfig, save_experiment
 from vitdet_lib.profiling import LiveMemoryTracker
 
+from ..io import provenance, write_json_atomic
 from . import checkpoint as ckpt
 from . import distributed as du
 from . import records
@@ -421,10 +422,10 @@ class Trainer:
             "max_mem_mb": peak_memory_mb(self.info.device), "step_mem_mb": self.step_mem_mb,
             "final_eval": self.eval_history[-1] if self.eval_history else None,
             "eval_history": self.eval_history, "config": to_dict(self.cfg),
-            "provenance": records.provenance(self.info.device),
+            "provenance": provenance(self.info.device),
         }
         if self.info.is_main:
-            records.write_json(self.out / "metrics.json", summary)
+            write_json_atomic(self.out / "metrics.json", summary)
         du.barrier()
         return summary
 

@@ -1,6 +1,11 @@
 """The ViT backbone, its adapters and the upgraded Mask R-CNN."""
 from .adapter import FeatureSpec, MultiScaleAdapter, ViTFeatureBackbone
-from .detector import FixedSquareTransform, build_detector, build_resnet_detector, build_vit_backbone
+from .detector import (
+    FixedSquareTransform,
+    build_detector,
+    build_resnet_detector,
+    build_vit_backbone,
+)
 from .pos import GridBias, rel_pos_bias, resize_abs_pos, resize_rel_table
 from .vit import ViT, window_partition, window_unpartition
 

@@ -15,7 +15,6 @@ from ..config import AttentionLayout, RelPos, ViTConfig
 from .attention import biased_attention
 from .pos import GridBias, rel_pos_bias, resize_abs_pos
 
-
 # Largest dense global bias CPU inference builds and caches (ViT-B at 1024: 805 MB); beyond it
 # (e.g. ViT-L at 1536: 5.4 GB) inference also uses the factored bias, ~25 % slower attention.
 DENSE_BIAS_MAX_BYTES = 1 << 30

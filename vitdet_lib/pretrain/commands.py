@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
-from ..engine.records import write_json
+from ..io import write_json_atomic
 from .config import Method, PretrainConfig, load_pretrain_config
 
 PARAMS_DIR = Path(__file__).resolve().parents[2] / "params"
@@ -88,7 +88,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         if info.is_main and status["status"] == "finished" and not args.no_eval:
             result = run_eval(trainer.method, cfg, random_baseline=True,
                               figure=out / "mae_reconstruction.png")
-            write_json(out / "eval.json", result)
+            write_json_atomic(out / "eval.json", result)
             print(json.dumps(result, indent=1), flush=True)
     finally:
         shutdown()
@@ -119,7 +119,7 @@ def cmd_pretrain_eval(args: argparse.Namespace) -> int:
     result = run_eval(method, cfg, random_baseline=False, figure=figure)
     result["source"] = args.checkpoint or "random-init"
     if out is not None:
-        write_json(out / "eval.json", result)
+        write_json_atomic(out / "eval.json", result)
     print(json.dumps(result, indent=1), flush=True)
     return 0
 

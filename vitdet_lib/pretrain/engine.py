@@ -31,10 +31,11 @@ from ..config import to_dict
 from ..engine import checkpoint as ckpt
 from ..engine import distributed as du
 from ..engine.optim import skips_weight_decay
-from ..engine.records import append_jsonl, provenance
+from ..engine.records import append_jsonl
 from ..engine.schedule import WarmupCosineSchedule
 from ..engine.trainer import NonFiniteLossError, autocast_context, seed_everything
 from ..experiment import AmpMode
+from ..io import provenance, torch_save_atomic, write_text_atomic
 from .config import PretrainConfig
 from .data import StepSampler, load_pretrain_images
 from .methods import PretrainMethod, build_method
@@ -78,7 +79,7 @@ def _truncate_log(path: Path, step: int) -> None:
             continue
         keep.append(ln)
     text = "".join(ln + "\n" for ln in keep)
-    ckpt.atomic_write(path, lambda f: f.write(text.encode()))
+    write_text_atomic(path, text)
 
 
 class Pretrainer:
@@ -157,8 +158,8 @@ class Pretrainer:
         if self.info.is_main:
             official = self._official()
             if epoch_file is not None:
-                ckpt.atomic_torch_save(official, self.out / epoch_checkpoint_name(epoch_file))
-            ckpt.atomic_torch_save({**official, **state}, self.out / ckpt.LAST_NAME)
+                torch_save_atomic(official, self.out / epoch_checkpoint_name(epoch_file))
+            torch_save_atomic({**official, **state}, self.out / ckpt.LAST_NAME)
         du.barrier()
 
     def _resume_or_start(self) -> None:

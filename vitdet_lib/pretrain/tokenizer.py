@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.checkpoint import atomic_torch_save
+from ..io import torch_save_atomic
 from .augment import crop_flip_matrix, resize, warp
 from .config import TokenizerConfig
 
@@ -139,7 +139,7 @@ def train_tokenizer(images: torch.Tensor, cfg: TokenizerConfig, *, img_size: int
 
 
 def save_tokenizer(vae: DiscreteVAE, path: str, stats: dict) -> None:
-    atomic_torch_save({"model": vae.state_dict(), "vocab_size": vae.vocab_size, "grid": vae.grid,
+    torch_save_atomic({"model": vae.state_dict(), "vocab_size": vae.vocab_size, "grid": vae.grid,
                        "hidden": vae.codebook.out_channels, "stats": stats}, path)
 
 

@@ -8,6 +8,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from vitdet_lib.io import atomic_write
+
 from .aggregate import INITS, NO_RUN, TIDE_ERRORS
 
 
@@ -34,9 +36,7 @@ def save_figure(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     for p in paths:
-        tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
-        fig.savefig(tmp, dpi=120, format=p.suffix[1:])
-        tmp.replace(p)
+        atomic_write(p, lambda f, fmt=p.suffix[1:]: fig.savefig(f, dpi=120, format=fmt))
     return paths
 
 

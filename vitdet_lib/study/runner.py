@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vitdet_lib.config import to_dict
+from vitdet_lib.io import jsonable
 
 from . import records as rec
 from .profile import REPO_ROOT, Run, StudyProfile, SweepConfig, expand_runs, make_run
@@ -161,7 +162,7 @@ class StudyRunner:
             return False
         stored = old.get("parameters", {})
         keys = set(run.parameters)  # what the profile decides; paths and flags may differ
-        return all(rec._jsonable(params[k]) == stored.get(k) for k in keys)
+        return all(jsonable(params[k]) == stored.get(k) for k in keys)
 
     def execute(self, run: Run) -> Outcome:
         self._total += 1

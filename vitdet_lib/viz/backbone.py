@@ -13,7 +13,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from ..model import GridBias, ViT, rel_pos_bias, resize_abs_pos, window_partition, window_unpartition
+from ..model import (
+    GridBias,
+    ViT,
+    rel_pos_bias,
+    resize_abs_pos,
+    window_partition,
+    window_unpartition,
+)
 from ..model.pos import sincos_pos_embed
 from ._draw import _axes, _grid_lines, _rgb
 from .widgets import Choice, Slider
