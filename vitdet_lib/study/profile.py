@@ -183,6 +183,17 @@ class Run:
     tuned_by: str | None = None
 
 
+def find_sweep(profile: StudyProfile, name: str, init: str, who: str = "") -> SweepConfig:
+    """The sweep called ``name`` that tunes ``init`` (several sweeps may share a name, e.g.
+    one for the pre-trained inits and one with random init's schedules)."""
+    for s in profile.sweeps:
+        if s.name == name and init in s.inits:
+            return s
+    tuned = sorted({i for s in profile.sweeps if s.name == name for i in s.inits})
+    raise ConfigError(f"profile {profile.name}: {who or 'a run'} is tuned_by {name!r}, which "
+                      f"does not tune init {init!r} (it tunes {tuned})")
+
+
 def sweep_node(sweep: str, init: str) -> str:
     """The dependency-graph name of one init's tuning sweep."""
     return f"{sweep}-{init}"
@@ -348,18 +359,14 @@ def expand_runs(profile: StudyProfile) -> list[Run]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"profile {profile.name}: duplicate run names {dupes}")
-    sweeps = {s.name: s for s in profile.sweeps}
+    names_of_sweeps = {s.name for s in profile.sweeps}
     known = set(names) | {sweep_node(s.name, i) for s in profile.sweeps for i in s.inits}
     for r in runs:
         if r.tuned_by is not None:
-            sweep = sweeps.get(r.tuned_by)
-            if sweep is None:
+            if r.tuned_by not in names_of_sweeps:
                 raise ConfigError(f"profile {profile.name}: run {r.name} is tuned_by unknown "
-                                  f"sweep {r.tuned_by!r} (sweeps: {sorted(sweeps)})")
-            if r.parameters["init"] not in sweep.inits:
-                raise ConfigError(f"profile {profile.name}: run {r.name} is tuned_by "
-                                  f"{r.tuned_by!r}, which does not tune init "
-                                  f"{r.parameters['init']!r} (its inits: {sweep.inits})")
+                                  f"sweep {r.tuned_by!r} (sweeps: {sorted(names_of_sweeps)})")
+            find_sweep(profile, r.tuned_by, r.parameters["init"], r.name)
         missing = [n for n in r.needs if n not in known]
         if missing:
             raise ConfigError(f"profile {profile.name}: run {r.name} needs unknown runs {missing}")

@@ -14,6 +14,20 @@ from . import paper
 NO_RUN = "no run"
 
 
+PROTOCOL = """How the numbers were made (docs/paper.md, "Tuning protocol"):
+
+- Each initialisation is tuned on its own: an lr x weight-decay grid (drop path 0), widened
+  while the best point is on its border, then drop path at the best point; random init trains
+  its schedules `schedule_factor` (4) times longer, in tuning and in final runs.
+- Final runs use their init's tuned values, every schedule the profile lists (separately
+  trained, each with its own full cosine decay), several seeds.
+- Every selection (the sweeps' winners, Table 1's schedule) is made on the validation scenes;
+  every reported number is measured on held-out test scenes composed from a third, disjoint
+  pool of items, as mean ± sd over seeds.
+- A run counts only when its record matches its current params, params files, upstream
+  checkpoint, data source and code; otherwise it shows as `stale` and is not used."""
+
+
 def paper_table(table: str) -> pd.DataFrame:
     """The paper's numbers for ``table`` with source and confidence."""
     return pd.DataFrame(paper.as_rows(table),
@@ -62,6 +76,7 @@ def write_index(out_dir: str | Path, profile: str, note: str,
     lines = [f"# Study report: profile `{profile}`\n"]
     if note:
         lines.append(f"> **{note}**\n")
+    lines.append(PROTOCOL + "\n")
     lines.append("Tables (Markdown + CSV):\n")
     lines += [f"- [{p.stem}]({p.name})" for p in sorted(out.glob("*.md")) if p.name != "README.md"]
     lines.append("\nFigures (PNG + SVG):\n")

@@ -31,6 +31,7 @@ from .profile import (
     REPO_ROOT,
     Run,
     StudyProfile,
+    find_sweep,
     sweep_node,
 )
 from .sweep import SELECTION_METRIC, walk_sweep
@@ -165,10 +166,11 @@ class StudyRunner:
         best = self.winners[node]
         if best is None:
             return f"its sweep {node} has no successful run (run --stage of the sweep first)"
-        lr, wd, dp = best
-        return Run(run.name, run.notebook, {**run.parameters, "lr": lr, "weight_decay": wd,
-                                            "drop_path": dp}, run.needs, run.serves, run.stage,
-                   run.tuned_by)
+        won = dict(zip(("lr", "weight_decay", "drop_path"), best))
+        # e.g. the paper's ViT-L takes ViT-B's lr and wd but its own drop path
+        keys = run.parameters.get("tuned_keys") or list(won)
+        return Run(run.name, run.notebook, {**run.parameters, **{k: won[k] for k in keys}},
+                   run.needs, run.serves, run.stage, run.tuned_by)
 
     def _state(self, run: Run, params: dict[str, Any]) -> tuple[str, str]:
         """``(status, why)`` of ``run``'s record against its current fingerprint."""
@@ -275,7 +277,7 @@ class StudyRunner:
 
     def _replay_sweep(self, sweep_name: str, init: str) -> tuple[float, float, float] | None:
         """A sweep's winner from its records alone (nothing executed, nothing counted)."""
-        sweep = next(s for s in self.profile.sweeps if s.name == sweep_name)
+        sweep = find_sweep(self.profile, sweep_name, init)
 
         def read(run: Run) -> float | None:
             return self._val_ap(run.name)
