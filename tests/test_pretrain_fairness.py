@@ -9,6 +9,8 @@ from vitdet_lib.config import ConfigError, vit_config
 from vitdet_lib.model.vit import ViT
 from vitdet_lib.pretrain.augment import brightness_contrast
 from vitdet_lib.pretrain.config import IMAGENET_MEAN, IMAGENET_STD
+from vitdet_lib.pretrain.data import load_eval_images
+from vitdet_lib.pretrain.evaluate import classifier_top1, evaluate_method
 from vitdet_lib.pretrain.methods import build_method
 from vitdet_lib.pretrain.methods.mocov3 import check_contrastive_batch
 from vitdet_lib.pretrain.methods.supervised import pretrain_labels
@@ -98,6 +100,13 @@ def test_supervised_coarse_labels_are_not_the_detection_classes():
     assert batch["targets"].shape == (32, 4)
     assert torch.equal(batch["targets"].argmax(1), pretrain_labels(labels[:32], "coarse4"))
     assert torch.equal(batch["labels"], pretrain_labels(labels[:32], "coarse4"))
+    # the classifier's own top-1 is scored against the same 4 groups
+    cfg = method.cfg
+    result = evaluate_method(method, cfg, random_baseline=False)
+    test, test_labels = load_eval_images("test", None)
+    expected = classifier_top1(method.encoder(), test, pretrain_labels(test_labels, "coarse4"),
+                               img_size=32, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD)
+    assert result["trained"]["classifier_top1_test10k"] == expected
 
 
 @pytest.mark.parametrize("position, has_abs, has_rel", [("rel", False, True), ("abs", True, False),

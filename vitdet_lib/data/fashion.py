@@ -212,7 +212,8 @@ def write_fashion_scenes(
     Each image has a textured background and a random number of items (tinted, log-uniform size,
     possibly truncated at the border, overlapping in random order); masks are the visible part of
     each item's silhouette. Scene ``i`` of split ``s`` depends only on ``(seed, s, i)`` and on the
-    set of split names (which fixes the item pools), not on the number of images.
+    set of split names (which fixes the item pools: adding a test split halves val's), not on
+    the number of images.
 
     Args:
         out_dir: dataset root: ``images/{split}/``, ``annotations/instances_{split}.json``,
@@ -361,7 +362,8 @@ def _datasheet_markdown(sheet: dict[str, Any]) -> str:
         per_image = s["instances_per_image"]
         summary = (
             f"{s['num_images']} images, {s['num_instances']} instances, "
-            f"item pool {s['item_pool_size']}; instances per image min {per_image['min']} / "
+            f"item pool {s['item_pool_size']} (sha256 {s['item_pool_sha256'][:12]}...); "
+            f"instances per image min {per_image['min']} / "
             f"mean {per_image['mean']:.2f} / max {per_image['max']}."
         )
         lines += [

@@ -156,8 +156,9 @@ def _cmd_lr_check(args: argparse.Namespace) -> int:
         raise ConfigError(f"{path}: method={cfg.method.value!r} but --method {args.method}")
     images, labels = load_pretrain_images(cfg.data, seed=cfg.train.seed)
     result = lr_check(cfg, list(args.lrs), images, labels, steps=args.steps, window=args.window)
+    cuda = cfg.train.device != "cpu" and torch.cuda.is_available()
     result.update(params=str(path), overrides=list(args.set or []),
-                  provenance=provenance(torch.device("cpu")))
+                  provenance=provenance(torch.device("cuda" if cuda else "cpu")))
     for run in result["runs"]:
         print(f"{args.method} lr {run['lr']:.2e}: loss {run['loss_first']:.4f} -> "
               f"{run['loss_last']:.4f} (drop {run['drop']:+.4f})"
