@@ -122,7 +122,7 @@ def check_contrastive_batch(batch_size: int, batch_per_device: int, world_size: 
     ``batch_size`` (the negatives of each query and the BatchNorm batch).
 
     Raises:
-        ConfigError: naming the keys and the two ways out.
+        ConfigError: naming the keys and the ways out.
     """
     per_pass = batch_per_device * world_size
     if per_pass < batch_size:
