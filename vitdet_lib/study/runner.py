@@ -159,7 +159,7 @@ class StudyRunner:
         """``run`` with its sweep winner's lr / wd / dp, or why it cannot run."""
         if run.tuned_by is None:
             return run
-        init = run.parameters["init"]
+        init = run.parameters.get("tuned_init") or run.parameters["init"]
         node = sweep_node(run.tuned_by, init)
         if node not in self.winners:
             self.winners[node] = self._replay_sweep(run.tuned_by, init)
