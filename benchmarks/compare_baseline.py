@@ -42,6 +42,15 @@ def load_baseline(rev: str) -> type:
     return importlib.import_module(f"vitdet_baseline_{rev}.vit").ViT
 
 
+def clear_masks(vit: torch.nn.Module) -> None:
+    """Drop a ViT's cached inference masks: the working tree's ViT has ``clear_mask_cache``; an
+    older revision's, if it caches at all, keeps them in ``_mask_cache``."""
+    if hasattr(vit, "clear_mask_cache"):
+        vit.clear_mask_cache()
+    elif hasattr(vit, "_mask_cache"):
+        vit._mask_cache = None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rev", default="8b01939", help="baseline revision (default: the last commit before issue 7)")
@@ -72,7 +81,7 @@ def main() -> None:
             m.eval()
             with torch.no_grad():
                 res[f"{tag}_fwd_gflops"] = count_flops(lambda: m(x)) / 1e9
-                m._mask_cache = None  # count the masks' memory, as a first inference does
+                clear_masks(m)  # count the masks' memory, as a first inference does
                 res[f"{tag}_fwd_peak_mb"] = peak_memory(lambda: m(x), device) / 2**20
         times: dict = {k: [] for k in ("before_fwd_s", "after_fwd_s", "matmul_gflops_s")}
         for _ in range(args.rounds):

@@ -58,13 +58,24 @@ def param_breakdown(model: nn.Module) -> dict[str, int]:
     return parts
 
 
-def _dummy_target(size: int, num_classes: int, device: torch.device) -> dict[str, torch.Tensor]:
+def dummy_target(size: int, num_classes: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A fixed training target for a ``size`` x ``size`` image, for measuring a training step.
+
+    Returns:
+        ``boxes`` [3, 4] (x0, y0, x1, y1 in pixels), ``labels`` [3] (in 1..num_classes) and
+        ``masks`` [3, size, size] (uint8, each box filled), as torchvision's Mask R-CNN takes.
+    """
     masks = torch.zeros(3, size, size, dtype=torch.uint8, device=device)
     boxes = torch.tensor([[0.1, 0.1, 0.4, 0.5], [0.3, 0.2, 0.9, 0.7], [0.6, 0.6, 0.8, 0.95]],
                          device=device) * size
     for m, b in zip(masks, boxes.long()):
         m[b[1]:b[3], b[0]:b[2]] = 1
-    return {"boxes": boxes, "labels": torch.arange(3, device=device) % num_classes + 1, "masks": masks}
+    labels = torch.arange(3, device=device) % num_classes + 1
+    return {"boxes": boxes, "labels": labels, "masks": masks}
+
+
+# the old private name, until vitdet_lib/bench.py imports ``dummy_target``; then delete this line
+_dummy_target = dummy_target
 
 
 def measure(model: nn.Module, name: str, image_size: int, attention: str, device: torch.device,
@@ -91,7 +102,7 @@ def measure(model: nn.Module, name: str, image_size: int, attention: str, device
     if timing:
         model.train()
         num_classes = model.roi_heads.box_predictor.cls_score.out_features - 1
-        target = _dummy_target(image_size, num_classes, device)
+        target = dummy_target(image_size, num_classes, device)
 
         def train_step() -> None:
             losses = model([image], [target])

@@ -271,6 +271,11 @@ class ViT(nn.Module):
         for blk, p in zip(self.blocks, torch.linspace(0, rate, len(self.blocks)).tolist()):
             blk.drop_path.p = p
 
+    def clear_mask_cache(self) -> None:
+        """Forget the masks cached for inference, so the next forward builds (and, when measured,
+        counts) them again."""
+        self._mask_cache = None
+
     def attention_masks(self, hw: tuple[int, int], batch: int, device: torch.device
                         ) -> tuple[torch.Tensor | None, torch.Tensor | GridBias | None]:
         """Build, once per forward, the masks shared by all windowed and all global blocks.
