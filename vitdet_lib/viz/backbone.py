@@ -119,7 +119,8 @@ def capture_block_inputs(vit: ViT, image: torch.Tensor) -> dict[int, tuple[torch
     return captured
 
 
-def attention_probs(attn: nn.Module, tokens: torch.Tensor, mask: torch.Tensor | GridBias | None) -> torch.Tensor:
+def attention_probs(attn: nn.Module, tokens: torch.Tensor,
+                    mask: torch.Tensor | GridBias | None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + mask) of an ``Attention`` module, spelled out (the module itself
     calls SDPA, which never materialises it).
 
@@ -150,7 +151,8 @@ def attention_map(vit: ViT, captured: dict[int, tuple[torch.Tensor, Any]], block
     with torch.no_grad():
         y = blk.norm1(x)
         if not blk.window_size:
-            return attention_probs(blk.attn, y.reshape(1, h * w, c), mask)[0, :, i * w + j].view(-1, h, w)
+            probs = attention_probs(blk.attn, y.reshape(1, h * w, c), mask)  # [1, heads, N, N]
+            return probs[0, :, i * w + j].view(-1, h, w)
         r = blk.window_size
         windows, (hp, wp) = window_partition(y, r)
         k = (i // r) * (wp // r) + j // r  # the query's window
@@ -182,8 +184,10 @@ class AttentionExplorer:
         h, w = self.grid
         return {"row": Slider(0, h - 1, 1, h // 2), "col": Slider(0, w - 1, 1, w // 2 + 1),
                 "head": Choice(["mean", *range(self.vit.cfg.num_heads)], "mean"),
-                "window_block": Choice(self.window_blocks or [None], (self.window_blocks or [None])[0]),
-                "global_block": Choice(self.global_blocks or [None], (self.global_blocks or [None])[-1])}
+                "window_block": Choice(self.window_blocks or [None],
+                                       (self.window_blocks or [None])[0]),
+                "global_block": Choice(self.global_blocks or [None],
+                                       (self.global_blocks or [None])[-1])}
 
     def plot(self, row: int, col: int, head: Any, window_block: int, global_block: int) -> Figure:
         p = self.vit.patch_size
@@ -201,7 +205,8 @@ class AttentionExplorer:
             a.imshow(_rgb(self.image), alpha=0.35)
             up = m.repeat_interleave(p, 0).repeat_interleave(p, 1).numpy()
             a.imshow(np.ma.masked_equal(up, 0), cmap="magma", alpha=0.85)
-            kind = f"windowed (r={self.vit.blocks[blk].window_size})" if self.vit.blocks[blk].window_size else "global"
+            r = self.vit.blocks[blk].window_size
+            kind = f"windowed (r={r})" if r else "global"
             a.set_title(f"block {blk}, {kind}\nmax weight {m.max():.3f}, head {head}", fontsize=9)
         for a in ax:
             a.set_xticks([]), a.set_yticks([])
@@ -211,7 +216,8 @@ class AttentionExplorer:
 # ----------------------------------------------------------------------------- 4. rel-pos
 
 
-def plot_rel_pos(vit: ViT, grid: tuple[int, int], head: int = 0, row: int = 5, col: int = 5) -> Figure:
+def plot_rel_pos(vit: ViT, grid: tuple[int, int], head: int = 0, row: int = 5,
+                 col: int = 5) -> Figure:
     """The two shared relative-position tables (learned values) and how one table becomes a
     dense bias on the ``grid`` of tokens: the bias row of a query token is the table re-centred
     on that token."""
@@ -219,8 +225,9 @@ def plot_rel_pos(vit: ViT, grid: tuple[int, int], head: int = 0, row: int = 5, c
     fig, ax = _axes(4)
     ax = ax[0]
     n_win = sum(1 for b in vit.blocks if b.window_size)
+    n_global = len(vit.blocks) - n_win
     for a, table, label, users in ((ax[0], vit.rel_pos_window_table, "window", n_win),
-                                   (ax[1], vit.rel_pos_global_table, "global", len(vit.blocks) - n_win)):
+                                   (ax[1], vit.rel_pos_global_table, "global", n_global)):
         if table is None:
             a.set_title(f"no {label} table"), a.axis("off")
             continue
@@ -240,7 +247,8 @@ def plot_rel_pos(vit: ViT, grid: tuple[int, int], head: int = 0, row: int = 5, c
     bias = rel_pos_bias(synthetic, hw)[0, row * hw[1] + col].view(*hw)
     ax[3].imshow(bias.numpy(), cmap="viridis")
     ax[3].plot(col, row, "r+", ms=12)
-    ax[3].set_title(f"rel_pos_bias row of query ({row}, {col})\non the {hw[0]}x{hw[1]} grid", fontsize=9)
+    ax[3].set_title(f"rel_pos_bias row of query ({row}, {col})\non the {hw[0]}x{hw[1]} grid",
+                    fontsize=9)
     for a in ax:
         a.set_xticks([]), a.set_yticks([])
     return fig
@@ -249,7 +257,8 @@ def plot_rel_pos(vit: ViT, grid: tuple[int, int], head: int = 0, row: int = 5, c
 # ----------------------------------------------------------------------------- 5. pyramid
 
 
-def pyramid_features(backbone: nn.Module, normalised: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+def pyramid_features(backbone: nn.Module,
+                     normalised: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
     """The ViT's 4 quarter outputs, the adapter's 4 levels and the FPN's outputs for one image."""
     from collections import OrderedDict
 

@@ -66,7 +66,8 @@ def _cost(layout: AttentionLayout, g: int, window_size: int, embed_dim: int, num
 def plot_attention_cost(df: pd.DataFrame, window_size: int) -> Figure:
     """Measured cost vs tokens on log-log axes, with the slope of each curve's last segment."""
     fig, ax = _axes(2, size=4.0)
-    for a, col, label in ((ax[0, 0], "gflops", "GFLOPs (measured)"), (ax[0, 1], "seconds", "CPU s / forward")):
+    panels = ((ax[0, 0], "gflops", "GFLOPs (measured)"), (ax[0, 1], "seconds", "CPU s / forward"))
+    for a, col, label in panels:
         for layout, d in df.groupby("layout"):
             d = d.sort_values("tokens")
             slope = np.diff(np.log(d[col].values[-2:])) / np.diff(np.log(d["tokens"].values[-2:]))

@@ -29,8 +29,8 @@ def lsj_sample(dataset: Any, index: int, image_size: int, scale: float, seed: in
     torch.manual_seed(seed)  # the crop position
     out, tgt = lsj_transform(image_size, scale_range=(scale, scale), flip_prob=0.0)(
         tv_tensors.Image(image), target)
-    return out.as_subclass(torch.Tensor), {k: v.as_subclass(torch.Tensor) if torch.is_tensor(v) else v
-                                           for k, v in tgt.items()}
+    plain = {k: v.as_subclass(torch.Tensor) if torch.is_tensor(v) else v for k, v in tgt.items()}
+    return out.as_subclass(torch.Tensor), plain
 
 
 def plot_lsj(dataset: Any, index: int, scale: float, seed: int, image_size: int) -> Figure:
@@ -68,7 +68,8 @@ def load_detector(checkpoint: str | Path) -> tuple[nn.Module, Any]:
     model = build_detector(cfg.model)
     res = model.load_state_dict(model_state_from(state), strict=False)
     if res.missing_keys or res.unexpected_keys:
-        raise RuntimeError(f"{checkpoint}: missing {res.missing_keys}, unexpected {res.unexpected_keys}")
+        raise RuntimeError(f"{checkpoint}: missing {res.missing_keys}, "
+                           f"unexpected {res.unexpected_keys}")
     return model.eval(), cfg
 
 
@@ -78,11 +79,13 @@ def plot_predictions(images: Sequence[torch.Tensor], outputs: Sequence[dict[str,
     """Ground truth and the detections scoring at least ``score_thresh`` (masks at 0.5)."""
     fig, ax = _axes(2, size=4.0)
     img, out, tgt = images[index], outputs[index], targets[index]
-    _draw_instances(ax[0, 0], img, tgt["masks"], tgt["boxes"], [class_names[i] for i in tgt["labels"]])
+    _draw_instances(ax[0, 0], img, tgt["masks"], tgt["boxes"],
+                    [class_names[i] for i in tgt["labels"]])
     ax[0, 0].set_title(f"ground truth: {len(tgt['labels'])} objects", fontsize=9)
     keep = out["scores"] >= score_thresh
     _draw_instances(ax[0, 1], img, out["masks"][keep, 0] > 0.5, out["boxes"][keep],
-                    [f"{class_names[l]} {s:.2f}" for l, s in zip(out["labels"][keep], out["scores"][keep])])
-    ax[0, 1].set_title(f"{int(keep.sum())} of {len(keep)} detections with score >= {score_thresh:.3g}",
-                       fontsize=9)
+                    [f"{class_names[l]} {s:.2f}"
+                     for l, s in zip(out["labels"][keep], out["scores"][keep])])
+    ax[0, 1].set_title(
+        f"{int(keep.sum())} of {len(keep)} detections with score >= {score_thresh:.3g}", fontsize=9)
     return fig
