@@ -1,8 +1,8 @@
 """From the ViT's single-scale token grids to the detector's feature maps.
 
-The multi-scale adapter (from XCiT, PAPER.md) turns the 4 quarter outputs (all stride p) into a
-pyramid of strides p/4, p/2, p, 2p; a standard FPN with BN follows. The single-scale variant of
-Table 2 keeps only the last block's stride-p map.
+The multi-scale adapter (from XCiT; docs/paper.md, "Multi-scale adapter") turns the 4 quarter
+outputs (all stride p) into a pyramid of strides p/4, p/2, p, 2p; a standard FPN with BN
+follows. The single-scale variant of Table 2 keeps only the last block's stride-p map.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The paper's upgraded Mask R-CNN, assembled from torchvision parts around a ViT backbone.
 
-Upgrades over the original Mask R-CNN (PAPER.md): BN after the FPN convs, a 2-conv RPN head,
-a 4conv+1fc box head with BN, BN in the mask head, SyncBN when distributed (the engine converts
-BatchNorm to SyncBatchNorm), and a fixed square input at train and test time.
+Upgrades over the original Mask R-CNN (docs/paper.md, "Upgraded Mask R-CNN"): BN after the FPN
+convs, a 2-conv RPN head, a 4conv+1fc box head with BN, BN in the mask head, SyncBN when
+distributed (the engine converts BatchNorm to SyncBatchNorm), and a fixed square input at train
+and test time.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The tuning protocol's grid (PAPER.md "Tuning protocol"): lr x wd, widened while the best
+"""The tuning protocol's grid (docs/paper.md, "Tuning protocol"): lr x wd, widened while the best
 value lies on the grid's border, then drop path at the best (lr, wd)."""
 from __future__ import annotations
 
