@@ -22,7 +22,7 @@ from ..model import (
     window_unpartition,
 )
 from ..model.pos import sincos_pos_embed
-from ._draw import _axes, _grid_lines, _rgb
+from ._draw import grid_lines, new_axes, to_rgb
 from .widgets import Choice, Slider
 
 # ----------------------------------------------------------------------------- 1. patches
@@ -40,13 +40,13 @@ def plot_patches(pretrain_image: torch.Tensor, image: torch.Tensor, patch_size: 
     """
     g0 = pretrain_image.shape[-1] // patch_size
     gh, gw = image.shape[-2] // patch_size, image.shape[-1] // patch_size
-    fig, ax = _axes(3)
+    fig, ax = new_axes(3)
     ax = ax[0]
-    ax[0].imshow(_rgb(pretrain_image))
-    _grid_lines(ax[0], *pretrain_image.shape[-2:], patch_size)
+    ax[0].imshow(to_rgb(pretrain_image))
+    grid_lines(ax[0], *pretrain_image.shape[-2:], patch_size)
     ax[0].set_title(f"pre-training: {g0}x{g0} = {g0 * g0} tokens")
-    ax[1].imshow(_rgb(image))
-    _grid_lines(ax[1], *image.shape[-2:], patch_size)
+    ax[1].imshow(to_rgb(image))
+    grid_lines(ax[1], *image.shape[-2:], patch_size)
     ax[1].set_title(f"detection: {gh}x{gw} = {gh * gw} tokens")
     pos = sincos_pos_embed(64, g0).view(1, g0, g0, 64)
     resized = resize_abs_pos(pos, (gh, gw))[0].reshape(gh * gw, 64)  # [H*W, C]
@@ -84,14 +84,14 @@ def plot_window_partition(grid: int, window_size: int) -> Figure:
     win, pad = window_layout((grid, grid), window_size)
     hp, wp = win.shape
     n = int(win.max()) + 1
-    fig, ax = _axes(1, size=4.6)
+    fig, ax = new_axes(1, size=4.6)
     ax = ax[0, 0]
     cmap = ListedColormap(np.random.default_rng(0).uniform(0.35, 0.95, size=(max(n, 1), 3)))
     ax.imshow(win.numpy(), cmap=cmap, vmin=-0.5, vmax=n - 0.5)
     ys, xs = np.nonzero(pad.numpy())
     ax.scatter(xs, ys, marker="x", s=max(4, 900 / hp), c="k", lw=0.6)
-    _grid_lines(ax, hp, wp, 1, color="w", lw=0.3)
-    _grid_lines(ax, hp, wp, window_size, color="k", lw=1.5)
+    grid_lines(ax, hp, wp, 1, color="w", lw=0.3)
+    grid_lines(ax, hp, wp, window_size, color="k", lw=1.5)
     ax.add_patch(Rectangle((-0.5, -0.5), grid, grid, fill=False, ec="r", lw=2))
     ax.set_title(f"{grid}x{grid} tokens -> padded {hp}x{wp}: {n} windows of "
                  f"{window_size}x{window_size}\n{int(pad.sum())} padding tokens (x) = "
@@ -191,9 +191,9 @@ class AttentionExplorer:
 
     def plot(self, row: int, col: int, head: Any, window_block: int, global_block: int) -> Figure:
         p = self.vit.patch_size
-        fig, ax = _axes(3)
+        fig, ax = new_axes(3)
         ax = ax[0]
-        ax[0].imshow(_rgb(self.image))
+        ax[0].imshow(to_rgb(self.image))
         ax[0].add_patch(Rectangle((col * p - 0.5, row * p - 0.5), p, p, fill=False, ec="r", lw=2))
         ax[0].set_title(f"query token ({row}, {col})")
         for a, blk in ((ax[1], window_block), (ax[2], global_block)):
@@ -202,7 +202,7 @@ class AttentionExplorer:
                 continue
             m = attention_map(self.vit, self.captured, blk, (row, col))
             m = m.mean(0) if head == "mean" else m[int(head)]
-            a.imshow(_rgb(self.image), alpha=0.35)
+            a.imshow(to_rgb(self.image), alpha=0.35)
             up = m.repeat_interleave(p, 0).repeat_interleave(p, 1).numpy()
             a.imshow(np.ma.masked_equal(up, 0), cmap="magma", alpha=0.85)
             r = self.vit.blocks[blk].window_size
@@ -222,7 +222,7 @@ def plot_rel_pos(vit: ViT, grid: tuple[int, int], head: int = 0, row: int = 5,
     dense bias on the ``grid`` of tokens: the bias row of a query token is the table re-centred
     on that token."""
     hw = tuple(grid)
-    fig, ax = _axes(4)
+    fig, ax = new_axes(4)
     ax = ax[0]
     n_win = sum(1 for b in vit.blocks if b.window_size)
     n_global = len(vit.blocks) - n_win
@@ -275,7 +275,7 @@ def plot_pyramid(features: dict[str, dict[str, torch.Tensor]], image_size: int,
                  stage: str = "adapter", channel: int = -1) -> Figure:
     """One row of feature maps (channel ``channel``, or the per-position L2 norm when -1)."""
     maps = features[stage]
-    fig, ax = _axes(len(maps), size=2.8)
+    fig, ax = new_axes(len(maps), size=2.8)
     for a, (name, f) in zip(ax[0], maps.items()):
         m = f[0].norm(dim=0) if channel < 0 else f[0, min(channel, f.shape[1] - 1)]
         a.imshow(m.numpy(), cmap="viridis")

@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from ._draw import _axes, _draw_instances
+from ._draw import draw_instances, new_axes
 
 # ----------------------------------------------------------------------------- 6. LSJ
 
@@ -36,17 +36,17 @@ def lsj_sample(dataset: Any, index: int, image_size: int, scale: float, seed: in
 def plot_lsj(dataset: Any, index: int, scale: float, seed: int, image_size: int) -> Figure:
     """The original scene, LSJ at ``scale``, and three draws from the paper's range [0.1, 2.0]."""
     names = dataset.class_names
-    fig, ax = _axes(5, size=2.9)
+    fig, ax = new_axes(5, size=2.9)
     ax = ax[0]
     t = dataset.load_target(index)
-    _draw_instances(ax[0], dataset.load_image(index), t["masks"], t["boxes"],
+    draw_instances(ax[0], dataset.load_image(index), t["masks"], t["boxes"],
                     [names[i] for i in t["labels"]])
     ax[0].set_title(f"original {tuple(dataset.load_image(index).shape[-2:])}", fontsize=9)
     rng = np.random.default_rng(seed)
     scales = [scale, *np.exp(rng.uniform(np.log(0.1), np.log(2.0), 3))]
     for a, s, k in zip(ax[1:], scales, range(4)):
         img, tgt = lsj_sample(dataset, index, image_size, float(s), seed + k)
-        _draw_instances(a, img, tgt["masks"], tgt["boxes"], [names[i] for i in tgt["labels"]])
+        draw_instances(a, img, tgt["masks"], tgt["boxes"], [names[i] for i in tgt["labels"]])
         a.set_title(("chosen" if k == 0 else "random") + f" scale {s:.2f}: "
                     f"{len(tgt['labels'])} objects", fontsize=9)
     return fig
@@ -77,13 +77,13 @@ def plot_predictions(images: Sequence[torch.Tensor], outputs: Sequence[dict[str,
                      targets: Sequence[dict[str, torch.Tensor]], class_names: Sequence[str],
                      index: int = 0, score_thresh: float = 0.3) -> Figure:
     """Ground truth and the detections scoring at least ``score_thresh`` (masks at 0.5)."""
-    fig, ax = _axes(2, size=4.0)
+    fig, ax = new_axes(2, size=4.0)
     img, out, tgt = images[index], outputs[index], targets[index]
-    _draw_instances(ax[0, 0], img, tgt["masks"], tgt["boxes"],
+    draw_instances(ax[0, 0], img, tgt["masks"], tgt["boxes"],
                     [class_names[i] for i in tgt["labels"]])
     ax[0, 0].set_title(f"ground truth: {len(tgt['labels'])} objects", fontsize=9)
     keep = out["scores"] >= score_thresh
-    _draw_instances(ax[0, 1], img, out["masks"][keep, 0] > 0.5, out["boxes"][keep],
+    draw_instances(ax[0, 1], img, out["masks"][keep, 0] > 0.5, out["boxes"][keep],
                     [f"{class_names[l]} {s:.2f}"
                      for l, s in zip(out["labels"][keep], out["scores"][keep])])
     ax[0, 1].set_title(
