@@ -18,7 +18,7 @@ class ConfigError(ValueError):
 
 
 class AttentionLayout(str, enum.Enum):
-    """Which blocks attend globally (PAPER.md T3)."""
+    """Which blocks attend globally (docs/paper.md, Table 3)."""
 
     WINDOW = "window"  # every block windowed
     HYBRID = "hybrid"  # global at the last block of each quarter of the depth (the paper's default)
@@ -27,7 +27,7 @@ class AttentionLayout(str, enum.Enum):
 
 
 class RelPos(str, enum.Enum):
-    """Relative position biases in attention (PAPER.md T4)."""
+    """Relative position biases in attention (docs/paper.md, Table 4)."""
 
     SHARED = "shared"  # one table for the windowed blocks, one for the global blocks
     NONE = "none"
@@ -97,7 +97,7 @@ class DetectorConfig:
     Args:
         num_classes: object classes, background excluded.
         image_size: the fixed square input side (train and test; the paper's 1024).
-        multi_scale: the 4-level pyramid (True) or the single 1/16 map (PAPER.md T2).
+        multi_scale: the 4-level pyramid (True) or the single 1/16 map (docs/paper.md, Table 2).
         fpn_channels: width of the FPN outputs and heads.
         norm: normalisation in FPN and heads: "bn", "syncbn" (used automatically when
             distributed), or "none" (torchvision's original heads).
@@ -129,7 +129,8 @@ class ModelConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
 
 
-# ViT sizes of the paper and the miniature study (DESIGN.md). Values are overrides of ViTConfig.
+# ViT sizes of the paper and the miniature study (docs/design.md, "The miniature study").
+# Values are overrides of ViTConfig.
 VIT_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
     "small": dict(embed_dim=384, depth=12, num_heads=6),

@@ -42,7 +42,7 @@ def _yaml_load(text: str) -> Any:
 
 
 class AmpMode(str, enum.Enum):
-    """Mixed precision of the forward pass (PAPER.md: "PyTorch AMP")."""
+    """Mixed precision of the forward pass (docs/paper.md, "Training": PyTorch AMP)."""
 
     OFF = "off"
     BF16 = "bf16"  # autocast to bfloat16; no loss scaling needed (CPU or CUDA)
@@ -50,7 +50,7 @@ class AmpMode(str, enum.Enum):
 
 
 class GeneratedKind(str, enum.Enum):
-    """Datasets the library can write itself (DESIGN.md, the miniature study)."""
+    """Datasets the library can write itself (docs/design.md, "The miniature study")."""
 
     SHAPES = "shapes"  # procedural shape scenes: dependency-free, for tests and smoke runs
     FASHION = "fashion"  # scenes composed from Fashion-MNIST test items (the miniature study)
@@ -92,7 +92,7 @@ class DataConfig:
     must be given. Relative paths are relative to the working directory.
 
     Args:
-        scale_range: large-scale jitter range (PAPER.md: [0.1, 2.0]) for training images.
+        scale_range: large-scale jitter range (docs/paper.md: [0.1, 2.0]) for training images.
         cache_dir: where generated datasets are written.
     """
 
@@ -107,7 +107,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The fine-tuning recipe (PAPER.md "Training").
+    """The fine-tuning recipe (docs/paper.md, "Training").
 
     Args:
         lr, weight_decay, betas: AdamW; norms, biases and position tables get no weight decay.
@@ -175,7 +175,7 @@ class ExperimentConfig:
     """Everything one training or evaluation run needs; ``output_dir`` holds its records."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    init: InitConfig = field(default_factory=InitConfig)  # backbone initialisation (PAPER.md's five)
+    init: InitConfig = field(default_factory=InitConfig)  # docs/paper.md's five initialisations
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

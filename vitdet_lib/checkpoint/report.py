@@ -1,5 +1,5 @@
 """What a checkpoint load did, key by key: the antidote to loaders that hide missing and
-unexpected keys (PAPER.md "Known traps")."""
+unexpected keys (docs/paper.md, "Known traps")."""
 from __future__ import annotations
 
 import json
