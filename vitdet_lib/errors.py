@@ -73,8 +73,11 @@ def describe(err: BaseException) -> tuple[str, int]:
         return str(err), err.exit_code
     if names & set(_FAILED_RUN_NAMES):
         return str(err), EXIT_FAILED
-    if isinstance(err, yaml.YAMLError):
-        return f"YAML syntax error: {_first_lines(str(err), 4)}", EXIT_BAD_INPUT
+    if isinstance(err, yaml.YAMLError):  # from a loader not wrapped in yaml_errors()
+        mark = getattr(err, "problem_mark", None)
+        name = getattr(mark, "name", "") or ""
+        return yaml_message(err, name if not name.startswith("<") else "a YAML file or value"), \
+            EXIT_BAD_INPUT
     if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         # a library error of this kind names its file in the message; an OS error in .filename
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
@@ -108,9 +111,14 @@ def yaml_errors(source: Any) -> Iterator[None]:
     try:
         yield
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(source)
-        problem = getattr(err, "problem", None) or _first_lines(str(err), 1)
-        context = getattr(err, "context", None)
-        detail = f"{context}, {problem}" if context else problem
-        raise config_error(f"{where}: YAML syntax error: {detail}; fix the file's syntax") from err
+        raise config_error(yaml_message(err, source)) from err
+
+
+def yaml_message(err: Exception, source: Any) -> str:
+    """``<source>:<line>:<column>: YAML syntax error: <what>; fix ...`` on one line."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(source)
+    problem = getattr(err, "problem", None) or _first_lines(str(err), 1)
+    context = getattr(err, "context", None)
+    detail = f"{context}, {problem}" if context else problem
+    return f"{where}: YAML syntax error: {detail}; fix the syntax"

@@ -25,6 +25,8 @@ _SHOWN = 5  # keys listed per kind of mismatch; the rest are counted
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"  # pickle protocol >= 2: the legacy (pre-1.6) torch.save format
 _NUMPY_MAGIC = b"\x93NUMPY"
+# descriptions that are guesses: the message then also quotes torch.load's error
+_UNSURE = ("a torch zip checkpoint that does not load", "not a torch checkpoint")
 
 
 def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:
@@ -54,8 +56,10 @@ def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:
                                   f"({_first_line(err)})") from err
         raise CheckpointError(f"{path}: {describe_file(path)}") from err
     except (RuntimeError, EOFError, KeyError, IndexError, ValueError, OSError) as err:
-        raise CheckpointError(f"{path}: {describe_file(path)} (torch.load: "
-                              f"{type(err).__name__}: {_first_line(err)})") from err
+        what = describe_file(path)
+        if what.startswith(_UNSURE):  # torch's own words are then the best clue
+            what += f" (torch.load: {type(err).__name__}: {_first_line(err)})"
+        raise CheckpointError(f"{path}: {what}") from err
 
 
 def describe_file(path: Path) -> str:
@@ -68,7 +72,7 @@ def describe_file(path: Path) -> str:
         with zipfile.ZipFile(path) as archive:
             if not any(n.endswith("data.pkl") for n in archive.namelist()):
                 return "a zip archive, but not a torch checkpoint (no data.pkl inside)"
-        return "a torch zip checkpoint that does not load (corrupt entry?)"
+        return f"{_UNSURE[0]} (a corrupt entry?)"
     if head.startswith(_PICKLE_PROTO):
         return (f"truncated or corrupt legacy torch/pickle file ({size} bytes); use an earlier "
                 f"checkpoint or copy it again")
@@ -77,7 +81,7 @@ def describe_file(path: Path) -> str:
     text = _as_text(head)
     if text is not None:
         return f"a text file, not a torch checkpoint (it starts with {text!r})"
-    return f"not a torch checkpoint (unrecognised first bytes {head[:8].hex(' ')})"
+    return f"{_UNSURE[1]} (unrecognised first bytes {head[:8].hex(' ')})"
 
 
 def _head(path: Path, n: int = 256) -> bytes:

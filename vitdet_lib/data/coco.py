@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
@@ -359,6 +359,8 @@ def image_header_problem(path: Path, width: int, height: int) -> str | None:
             # EXIF orientations 5-8 rotate by 90 degrees: the displayed image is transposed.
             if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 got_w, got_h = got_h, got_w
+    except UnidentifiedImageError:
+        return "unreadable image: not a format PIL knows, or a corrupt header"
     except (OSError, SyntaxError, ValueError) as error:
         return f"unreadable image: {error}"
     if (got_h, got_w) != (height, width):

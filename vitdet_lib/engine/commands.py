@@ -86,8 +86,7 @@ def _eval(args: argparse.Namespace) -> int:
     _print_metrics(metrics)
     if _is_main():
         out = eval_output_dir(cfg, args.checkpoint)
-        print(f"wrote predictions {out / 'coco_results.json'} and {out / 'metrics.json'}, "
-              f"{out / 'record.json'}")
+        print(f"wrote {out}/: coco_results.json (predictions), metrics.json, record.json")
     return 0
 
 
