@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from coco_files import write_coco
 from PIL import Image
 
 from vitdet_lib import bench, cli
@@ -22,23 +23,6 @@ from vitdet_lib.model import build_detector
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke_shapes.yaml"
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")  # logging's asctime
-
-
-def write_coco(folder: Path, n: int = 3, side: int = 64) -> tuple[Path, Path]:
-    """A hand-made COCO set: ``n`` RGB images of ``side`` px, one square each, 4 categories
-    (the smoke params' num_classes)."""
-    images = folder / "images"
-    images.mkdir(parents=True)
-    entries, anns = [], []
-    for i in range(n):
-        Image.new("RGB", (side, side), (40 * i, 90, 0)).save(images / f"{i}.png")
-        entries.append({"id": i, "file_name": f"{i}.png", "width": side, "height": side})
-        anns.append({"id": 100 + i, "image_id": i, "category_id": 1, "bbox": [8, 8, 20, 20],
-                     "area": 400, "iscrowd": 0, "segmentation": [[8, 8, 28, 8, 28, 28, 8, 28]]})
-    cats = [{"id": c, "name": f"c{c}"} for c in range(1, 5)]
-    ann = folder / "instances.json"
-    ann.write_text(json.dumps({"images": entries, "annotations": anns, "categories": cats}))
-    return images, ann
 
 
 @pytest.fixture

@@ -357,7 +357,10 @@ def image_header_problem(path: Path, width: int, height: int) -> str | None:
         with Image.open(path) as image:
             got_w, got_h = image.size
             # EXIF orientations 5-8 rotate by 90 degrees: the displayed image is transposed.
-            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            # PIL decodes a whole PNG to look for an eXIf chunk after the pixels: only a PNG's
+            # header chunk is read here (cameras write JPEG, whose EXIF is in the header).
+            header_only = image.format == "PNG" and "exif" not in image.info
+            if not header_only and image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 got_w, got_h = got_h, got_w
     except UnidentifiedImageError:
         return "unreadable image: not a format PIL knows, or a corrupt header"
