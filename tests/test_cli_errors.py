@@ -292,3 +292,13 @@ def test_subprocess_truncated_checkpoint_and_debug_traceback(tmp_path):
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     assert "CheckpointError" in debug.stderr.splitlines()[-1]
     assert not (tmp_path / "o.pth").exists()
+
+
+def test_eval_shows_progress_on_a_terminal_only(params, capsys, tmp_path, monkeypatch):
+    ck = detector_checkpoint(params, tmp_path / "model.pth")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert cli.main(["eval", str(params), "--checkpoint", str(ck)]) == 0
+    assert "eval: 100%" in capsys.readouterr().err  # tqdm's bar, 3 of 3 batches
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert cli.main(["eval", str(params), "--checkpoint", str(ck)]) == 0
+    assert "eval:" not in capsys.readouterr().err

@@ -106,3 +106,11 @@ def test_exif_rotated_jpeg_is_checked_as_displayed(tmp_path):
     edit_json(ann, lambda d: d["images"][0].update(width=64, height=48))
     (problem,) = validate_coco(images, ann)
     assert problem.message == "image is 48x64 but the annotations say 64x48"
+
+
+def test_progress_bar_when_asked(tmp_path, capsys):
+    images, ann = write_coco(tmp_path, n=2)
+    validate_coco(images, ann, progress=True)
+    assert f"checking {images}" in capsys.readouterr().err
+    validate_coco(images, ann, progress=False)
+    assert capsys.readouterr().err == ""
