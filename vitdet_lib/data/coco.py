@@ -14,7 +14,8 @@ COCOeval ignores detections matched to crowd regions exactly as on COCO.
 
 Bad files fail loudly with ``CocoDatasetError`` naming the file and the offending annotation,
 image or key: annotations are validated when the dataset is built (cheap), image files when
-they are read (or all at once with ``check_images``).
+they are read (or all at once with ``check_images``). ``validate.py`` checks a whole dataset up
+front and lists every problem; training calls it before the first step.
 """
 
 from __future__ import annotations
