@@ -74,6 +74,16 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path, capsys):
     assert f"error: {bad}:3:1: YAML syntax error" in err and len(err.splitlines()) == 1
 
 
+def test_yaml_error_in_a_set_value_names_the_override(params, capsys):
+    code, _, err = run_cli(capsys, "train", str(params), "--set", "train.eval_at=[1")
+    assert code == 2
+    assert err.startswith("vitdet-bench train: error: --set train.eval_at=[1 (line 1, column 3): "
+                          "YAML syntax error")
+    code, _, err = run_cli(capsys, "pretrain", "--method", "mae", "--out", "unused",
+                           "--set", "train.epochs=[1")
+    assert code == 2 and "YAML syntax error" in err and len(err.splitlines()) == 1
+
+
 def test_depth_error_names_its_key(params, capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", str(params), "--set", "model.backbone.depth=6")
     assert code == 2

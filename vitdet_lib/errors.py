@@ -74,9 +74,9 @@ def describe(err: BaseException) -> tuple[str, int]:
     if names & set(_FAILED_RUN_NAMES):
         return str(err), EXIT_FAILED
     if isinstance(err, yaml.YAMLError):  # from a loader not wrapped in yaml_errors()
-        mark = getattr(err, "problem_mark", None)
-        name = getattr(mark, "name", "") or ""
-        return yaml_message(err, name if not name.startswith("<") else "a YAML file or value"), \
+        name = getattr(getattr(err, "problem_mark", None), "name", "") or ""
+        in_file = not name.startswith("<")  # "<unicode string>": parsed from a string
+        return yaml_message(err, name if in_file else "a YAML file or value", in_file=in_file), \
             EXIT_BAD_INPUT
     if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         # a library error of this kind names its file in the message; an OS error in .filename
@@ -101,23 +101,30 @@ def config_error(message: str) -> InputError:
 
 
 @contextlib.contextmanager
-def yaml_errors(source: Any) -> Iterator[None]:
+def yaml_errors(source: Any, *, in_file: bool = True) -> Iterator[None]:
     """Turn a YAML syntax error inside the block into a ``ConfigError`` naming ``source``.
 
-    ``source``: the file (or ``--set`` item) being parsed; the message adds line and column.
+    Args:
+        source: the file (or ``--set`` item) being parsed.
+        in_file: ``source`` is a file: the message reads ``file:line:column`` as editors do.
     """
     import yaml
 
     try:
         yield
     except yaml.YAMLError as err:
-        raise config_error(yaml_message(err, source)) from err
+        raise config_error(yaml_message(err, source, in_file=in_file)) from err
 
 
-def yaml_message(err: Exception, source: Any) -> str:
+def yaml_message(err: Exception, source: Any, *, in_file: bool = True) -> str:
     """``<source>:<line>:<column>: YAML syntax error: <what>; fix ...`` on one line."""
     mark = getattr(err, "problem_mark", None)
-    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(source)
+    if mark is None:
+        where = str(source)
+    elif in_file:
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}"
+    else:
+        where = f"{source} (line {mark.line + 1}, column {mark.column + 1})"
     problem = getattr(err, "problem", None) or _first_lines(str(err), 1)
     context = getattr(err, "context", None)
     detail = f"{context}, {problem}" if context else problem

@@ -235,7 +235,7 @@ def _normalise_override(item: str) -> str:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key.path=value")
     key, raw = item.split("=", 1)
-    with yaml_errors(f"--set {item}"):
+    with yaml_errors(f"--set {item}", in_file=False):
         return f"{key}={json.dumps(_yaml_load(raw))}"
 
 
