@@ -34,7 +34,8 @@ from .io import write_json_atomic
 from .model.attention import naive_attention
 from .profiling import count_flops, environment, peak_memory, time_call
 
-DEFAULT_OUT = Path("results/bench")
+# untracked (git-ignored): a plain run never overwrites the committed results/bench records
+DEFAULT_OUT = Path("work_dirs/bench")
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s (multiply-add
 # = 2). The FLOP utilisation the issue asks for is achieved FLOP/s over this; the matmul probe
@@ -305,6 +306,7 @@ def bench_data(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    vit_config(args.size)  # an unknown size fails here, before minutes of measuring
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -385,5 +387,6 @@ def register(subparsers: Any) -> None:
                    help="device bf16 peak for the utilisation columns (default: data sheet by GPU name)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default=None)
-    p.add_argument("--json", default=None, help=f"output file (default {DEFAULT_OUT}/bench_<size>_<device>.json)")
+    p.add_argument("--json", default=None, help=f"output file (default {DEFAULT_OUT}/bench_<size>_"
+                   f"<device>.json; results/bench/ only when named here)")
     p.set_defaults(func=run, argv=[])

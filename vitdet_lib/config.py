@@ -12,8 +12,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitdet_lib.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError, ValueError):
     """A params file or override does not fit the configuration schema."""
 
 
@@ -85,7 +87,8 @@ class ViTConfig:
     def quarter_end_indexes(self) -> tuple[int, ...]:
         """The last block of each quarter of the depth: multi-scale taps and hybrid's global blocks."""
         if self.depth % 4:
-            raise ConfigError(f"depth={self.depth} must be a multiple of 4 (4 quarters)")
+            raise ConfigError(f"backbone depth={self.depth} (model.backbone.depth) must be a "
+                              f"multiple of 4 (4 quarters)")
         q = self.depth // 4
         return tuple(q * (i + 1) - 1 for i in range(4))
 
@@ -189,7 +192,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if value is None:
             return None
         return _coerce(args[0], value, where) if len(args) == 1 else value
-    if origin is tuple and isinstance(value, (list, tuple)):
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r} (e.g. [{value!r}])")
         args = typing.get_args(tp)
         inner = args[0] if args else Any
         return tuple(_coerce(inner, v, where) for v in value)

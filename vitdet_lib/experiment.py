@@ -21,6 +21,7 @@ import yaml
 
 from vitdet_lib.checkpoint.init import InitConfig, resolve_pos_init
 from vitdet_lib.config import ConfigError, ModelConfig, apply_overrides, from_dict, to_dict
+from vitdet_lib.errors import yaml_errors
 from vitdet_lib.io import write_text_atomic
 
 BASE_KEY = "base"
@@ -226,7 +227,7 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
         hint = f" (base of {chain[-1]})" if chain else ""
         raise ConfigError(f"params file {path} not found{hint}")
-    with open(path) as f:
+    with open(path) as f, yaml_errors(path):
         data = _yaml_load(f.read()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a params file must be a mapping, got {type(data).__name__}")
@@ -238,7 +239,8 @@ def _normalise_override(item: str) -> str:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key.path=value")
     key, raw = item.split("=", 1)
-    return f"{key}={json.dumps(_yaml_load(raw))}"
+    with yaml_errors(f"--set {item}", in_file=False):
+        return f"{key}={json.dumps(_yaml_load(raw))}"
 
 
 def _resolve_bases(data: dict[str, Any], where: str, folder: Path,
