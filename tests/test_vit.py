@@ -147,7 +147,7 @@ def test_global_bias_forms_agree(monkeypatch):
     assert isinstance(vit.attention_masks((8, 6), 2, x.device)[1], GridBias)  # grad enabled
     grad_out = vit(x)
     monkeypatch.setattr(vit_mod, "DENSE_BIAS_MAX_BYTES", 0)
-    vit._mask_cache = None
+    vit.clear_mask_cache()
     with torch.no_grad():
         factored_out = vit(x)
         assert isinstance(vit.attention_masks((8, 6), 2, x.device)[1], GridBias)

@@ -108,8 +108,8 @@ def _allocate_grads(model: torch.nn.Module) -> None:
 
 def _clear_mask_cache(model: torch.nn.Module) -> None:
     for m in model.modules():
-        if hasattr(m, "_mask_cache"):
-            m._mask_cache = None  # a first inference builds its masks: count them
+        if hasattr(m, "clear_mask_cache"):
+            m.clear_mask_cache()  # a first inference builds its masks: count them
 
 
 def bench_backbone(args: argparse.Namespace, device: torch.device, log: Callable[[str], None]) -> dict:
@@ -233,7 +233,7 @@ def bench_detector(args: argparse.Namespace, device: torch.device, log: Callable
 
 def _bench_detector_layout(args: argparse.Namespace, layout: str, device: torch.device,
                            log: Callable[[str], None]) -> dict:
-    from .complexity import _dummy_target
+    from .complexity import dummy_target
     from .model import build_detector
 
     size = args.detector_image_size
@@ -245,7 +245,7 @@ def _bench_detector_layout(args: argparse.Namespace, layout: str, device: torch.
                            "probe_gflops_s": probe_gflops(device, args.amp, args.probe_size)}
     model.train()
     image = torch.rand(3, size, size, device=device)
-    target = _dummy_target(size, det.num_classes, device)
+    target = dummy_target(size, det.num_classes, device)
 
     def train_step() -> None:
         with autocast(device, args.amp):

@@ -75,10 +75,6 @@ def dummy_target(size: int, num_classes: int, device: torch.device) -> dict[str,
     return {"boxes": boxes, "labels": labels, "masks": masks}
 
 
-# the old private name, until vitdet_lib/bench.py imports ``dummy_target``; then delete this line
-_dummy_target = dummy_target
-
-
 def measure(model: nn.Module, name: str, image_size: int, attention: str, device: torch.device,
             timing: bool = True, iters: int = 2) -> ComplexityReport:
     """Measure one detector; ``timing=False`` skips the (slow on CPU) timed steps."""

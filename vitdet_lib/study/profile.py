@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from vitdet_lib.config import ConfigError, from_dict
+from vitdet_lib.errors import yaml_errors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO_ROOT / "params" / "study"
@@ -263,7 +264,8 @@ def load_profile(name_or_path: str | Path) -> StudyProfile:
     path = profile_path(name_or_path)
     if not path.is_file():
         raise ConfigError(f"study profile {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    with yaml_errors(path):
+        data = yaml.safe_load(path.read_text()) or {}
     profile = profile_from_dict(data, where=f"{path}: profile")
     profile.name = profile.name or path.stem
     profile.results_dir = profile.results_dir or f"results/study/{profile.name}"
