@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
+from engine_toy import ToyDetector
 from torch import nn
 
 from vitdet_lib.engine.optim import build_optimizer, param_groups
 from vitdet_lib.engine.schedule import WarmupCosineSchedule, iterations_for_epochs
-from vitdet_lib.engine.toy import ToyDetector
 
 
 def test_no_weight_decay_on_norms_biases_and_position_tables():

@@ -148,10 +148,16 @@ def _prepare(cfg: ExperimentConfig, info: du.DistInfo) -> DataPaths:
         return prepare_data(cfg.data)
 
 
-def train(cfg: ExperimentConfig) -> dict[str, Any]:
+def train(cfg: ExperimentConfig, *, allow_changes: bool = False) -> dict[str, Any]:
     """Train (or resume) the experiment; returns the summary written to ``metrics.json``.
 
     Runs as one process, or as one rank of a ``torchrun`` job (the environment decides).
+
+    Args:
+        allow_changes: a resume may change schedule, optimizer or data settings (recorded in
+            ``changes.jsonl``); without it such a resume is refused (``engine/resume.py``).
+    Raises:
+        TrainingInterrupted: SIGINT/SIGTERM/SIGUSR1; the last step's checkpoint was saved.
     """
     if not cfg.output_dir:
         raise ConfigError("output_dir is not set")
@@ -178,7 +184,7 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
 
         evaluate_fn = _eval_fn(cfg, val_set, info) if val_set is not None else None
         data = TrainData(num_images=len(train_set), make_loader=make_loader, evaluate=evaluate_fn)
-        return Trainer(cfg, model, data, info).run()
+        return Trainer(cfg, model, data, info, allow_changes=allow_changes).run()
     finally:
         if session.owns_group:
             du.shutdown()
