@@ -61,13 +61,19 @@ def test_cross_field_checks(tmp_path):
     with pytest.raises(ConfigError, match="multiple of batch_per_device"):
         load_experiment({"data": {"generated": {}}, "train": {"batch_size": 6,
                                                              "batch_per_device": 4}})
+    # one place for the drop-path rate: the old training key says where it went
+    with pytest.raises(ConfigError, match=r"train\.drop_path: .*model\.backbone\.drop_path_rate"):
+        load_experiment({"data": {"generated": {}}}, ["train.drop_path=0.2"])
+    with pytest.raises(ConfigError, match=r"x\.yaml: params\.train\.drop_path: this key moved"):
+        load_experiment(_write(tmp_path / "x.yaml", "train: {drop_path: 0.1}\n"))
     cyc = _write(tmp_path / "a.yaml", "base: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_experiment(cyc)
 
 
 def test_save_round_trip(tmp_path):
-    cfg = load_experiment(REPO / "params" / "smoke_shapes.yaml", ["train.drop_path=0.2"])
+    cfg = load_experiment(REPO / "params" / "smoke_shapes.yaml",
+                          ["model.backbone.drop_path_rate=0.2"])
     save_experiment(cfg, tmp_path / "saved.yaml")
     assert load_experiment(tmp_path / "saved.yaml") == cfg
 

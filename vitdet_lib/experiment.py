@@ -114,8 +114,6 @@ class TrainConfig:
         batch_size: the EFFECTIVE batch (images per optimizer step, the paper's 64), kept
             whatever the device count by gradient accumulation.
         batch_per_device: images per forward pass on one device.
-        drop_path: overrides ``model.backbone.drop_path_rate`` when set (the tuning protocol
-            varies it per run).
         amp: mixed precision mode.
         eval_at: fractions of the schedule after which to evaluate (1.0 = at the end).
         checkpoint_every: optimizer steps between checkpoints (the final one is always saved).
@@ -137,7 +135,6 @@ class TrainConfig:
     warmup_factor: float = 0.001
     batch_size: int = 64
     batch_per_device: int = 1
-    drop_path: float | None = None
     amp: AmpMode = AmpMode.OFF
     eval_at: tuple[float, ...] = (1.0,)
     checkpoint_every: int = 1000
@@ -204,6 +201,7 @@ def load_experiment(source: str | os.PathLike[str] | dict[str, Any],
         overrides = [_normalise_override(item) for item in overrides]
         # checked on their own first so the error names the override, not the merged whole
         delta = apply_overrides({}, list(overrides))
+        _check_moved(delta, "--set overrides: params")
         from_dict(ExperimentConfig, delta, where="--set overrides: params")
         apply_overrides(data, list(overrides))
     where = "params dict" if isinstance(source, dict) else f"{source} (merged with its bases)"
@@ -237,9 +235,22 @@ def _normalise_override(item: str) -> str:
     return f"{key}={json.dumps(_yaml_load(raw))}"
 
 
+# keys that moved, with where they live now (a clearer error than "unknown key")
+MOVED_KEYS: dict[tuple[str, str], str] = {
+    ("train", "drop_path"): "model.backbone.drop_path_rate",
+}
+
+
+def _check_moved(data: dict[str, Any], where: str) -> None:
+    for (section, key), new in MOVED_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise ConfigError(f"{where}.{section}.{key}: this key moved; set {new} instead")
+
+
 def _resolve_bases(data: dict[str, Any], where: str, folder: Path,
                    chain: tuple[Path, ...]) -> dict[str, Any]:
     base = data.pop(BASE_KEY, None)
+    _check_moved(data, where)
     # each file alone must fit the schema, so errors point at the file that holds the key
     from_dict(ExperimentConfig, data, where=where)
     if base is None:

@@ -77,7 +77,7 @@ def experiment_overrides(*, size_overrides: list[str] = (), init_kind: str = "ra
         out.append(f"init.checkpoint={json.dumps(str(init_checkpoint))}")
     out += [*init_overrides, *overrides]
     for key, value in (("train.lr", lr), ("train.weight_decay", weight_decay),
-                       ("train.drop_path", drop_path)):
+                       ("model.backbone.drop_path_rate", drop_path)):
         if value is not None:
             out.append(f"{key}={value}")
     if work_dir:
@@ -100,7 +100,7 @@ def finetune(*, run_name: str, record_path: str, work_dir: str, params: str,
              parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune and evaluate one detector (T1, F2, T2, T4, HP); the record keeps the final
     and intermediate evaluations, training speed and memory, and the predictions' location."""
-    from vitdet_lib.engine.run import prepare_data
+    from vitdet_lib.data.prepare import prepare_data
     from vitdet_lib.experiment import save_experiment
 
     work = _fresh(work_dir, fresh)
@@ -245,7 +245,6 @@ def memory_time(*, run_name: str, record_path: str, results_dir: str, params: st
     """T3: peak training memory, train s/iter and inference s/img of each attention layout,
     with the AP of the fine-tune run named in ``ap_runs`` when that run has a success record."""
     from vitdet_lib.complexity import measure
-    from vitdet_lib.engine.run import effective_model_config
     from vitdet_lib.model import build_detector
 
     rows = []
@@ -256,7 +255,7 @@ def memory_time(*, run_name: str, record_path: str, results_dir: str, params: st
         row: dict[str, Any] = {"layout": layout}
         try:
             torch.manual_seed(0)
-            model = build_detector(effective_model_config(cfg))
+            model = build_detector(cfg.model)
             report = measure(model, run_name, cfg.model.detector.image_size, layout, _device(),
                              timing=True, iters=iters)
             row.update(train_peak_mem_mb=report.train_peak_mem_mb,
