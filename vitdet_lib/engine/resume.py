@@ -8,6 +8,10 @@ A resume compares the run's new config with the one stored in its checkpoint, ke
 - every other key (schedule, optimizer, data, batch) changes only with ``allow_changes``, and
   each accepted change is appended to ``changes.jsonl`` in the run directory.
 
+The most specific rule wins (``model.backbone.drop_path_rate`` may be guarded inside a refused
+``model``). Keys only one of the two configs has are schema changes between versions of this
+library, not changes of the run, and are ignored.
+
 The check runs before ``config.yaml`` is rewritten, so a refused resume leaves the run as it was.
 """
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import os
 import pickle
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +42,22 @@ class ResumeConflictError(ConfigError):
 
 @dataclass(frozen=True)
 class ResumeRules:
-    """Key prefixes (dotted paths) by how a resume treats their changes (module docstring)."""
+    """Key prefixes (dotted paths) by how a resume treats their changes (module docstring);
+    keys under none of them are guarded."""
 
     refused: tuple[str, ...]
     free: tuple[str, ...]
+    guarded: tuple[str, ...] = ()
+
+    def kind(self, key: str) -> str:
+        """``"refused"``, ``"free"`` or ``"guarded"``: the kind of the longest matching prefix."""
+        best, kind = -1, "guarded"
+        for name, prefixes in (("refused", self.refused), ("free", self.free),
+                               ("guarded", self.guarded)):
+            for p in prefixes:
+                if (key == p or key.startswith(p + ".")) and len(p) > best:
+                    best, kind = len(p), name
+        return kind
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -56,14 +72,10 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _matches(key: str, prefixes: Iterable[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
-    """``{dotted key: [old, new]}`` for every key whose value differs (or exists in one only)."""
+    """``{dotted key: [old, new]}`` for every key both configs have with different values."""
     a, b = flatten(old), flatten(new)
-    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    return {k: [a[k], b[k]] for k in sorted(set(a) & set(b)) if a[k] != b[k]}
 
 
 def check_resume(old: dict[str, Any], new: dict[str, Any], rules: ResumeRules, *,
@@ -74,8 +86,8 @@ def check_resume(old: dict[str, Any], new: dict[str, Any], rules: ResumeRules, *
         ResumeConflictError: a refused key changed, or a guarded key changed without
             ``allow_changes``; the message lists each key with its old and new value.
     """
-    changes = {k: v for k, v in config_changes(old, new).items() if not _matches(k, rules.free)}
-    refused = {k: v for k, v in changes.items() if _matches(k, rules.refused)}
+    changes = {k: v for k, v in config_changes(old, new).items() if rules.kind(k) != "free"}
+    refused = {k: v for k, v in changes.items() if rules.kind(k) == "refused"}
 
     def listed(items: dict[str, list[Any]]) -> str:
         return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in items.items())

@@ -57,11 +57,13 @@ log = logging.getLogger(__name__)
 __all__ = ["FINETUNE_RESUME_RULES", "NonFiniteLossError", "TrainData", "Trainer",
            "autocast_context", "peak_memory_mb", "seed_everything"]
 
-# a resume may change these freely; the model and its initialisation never (``resume.py``)
+# a resume never changes the model or its initialisation, may change these freely, and the
+# rest (drop path included: a regulariser, not a shape) with allow_changes (``resume.py``)
 FINETUNE_RESUME_RULES = rs.ResumeRules(
     refused=("model", "init"),
     free=("output_dir", "eval", "train.log_every", "train.checkpoint_every",
           "train.keep_checkpoints", "train.num_workers", "train.device", "train.eval_at"),
+    guarded=("model.backbone.drop_path_rate",),
 )
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]

@@ -53,6 +53,7 @@ PRETRAIN_RESUME_RULES = rs.ResumeRules(
              "mae.decoder_depth", "mae.decoder_num_heads"),
     free=("eval", "train.log_every", "train.checkpoint_every", "train.device",
           "train.save_epochs"),
+    guarded=("encoder.drop_path_rate",),
 )
 
 
