@@ -184,3 +184,48 @@ def test_ctrl_c_from_the_command_line_exits_130_with_the_resume_command(tmp_path
     assert ckpt.load_checkpoint(out / "last.pth")["iteration"] == step + 2
     change = json.loads((out / CHANGES_NAME).read_text())
     assert change["changes"] == {"train.max_iters": [400, step + 2]}
+
+
+# ----------------------------------------------------------------------------- pre-training
+
+
+def _pretrainer(cfg, out, **kwargs):
+    from pretrain_tiny import train_images
+
+    from vitdet_lib.pretrain.engine import Pretrainer
+
+    images, labels = train_images(256)
+    torch.manual_seed(0)
+    return Pretrainer(cfg, out, images=images[:96], labels=labels[:96], **kwargs)
+
+
+def test_pretraining_stops_on_a_signal_and_resumes_exactly(tmp_path):
+    from pretrain_tiny import one_thread_only, tiny_cfg
+
+    cfg = tiny_cfg("mae", train={"epochs": 2})  # 3 steps per epoch
+    with one_thread_only():
+        straight = _pretrainer(cfg, tmp_path / "straight")
+        straight.run()
+        cut = _pretrainer(cfg, tmp_path / "cut")
+        cut.register(_Signal(2, signal.SIGTERM))
+        with pytest.raises(TrainingInterrupted) as info:
+            cut.run()
+        assert (info.value.iteration, info.value.checkpoint.name) == (2, "last.pth")
+        assert ckpt.load_checkpoint(tmp_path / "cut" / "last.pth")["step"] == 2
+        resumed = _pretrainer(cfg, tmp_path / "cut")
+        assert resumed.run() == {"status": "finished", "step": 6}
+    for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_pretraining_resume_with_another_encoder_is_refused_untouched(tmp_path):
+    from pretrain_tiny import one_thread_only, tiny_cfg
+
+    with one_thread_only():
+        _pretrainer(tiny_cfg("mae"), tmp_path).run(stop_after_steps=1)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(ResumeConflictError, match=r"encoder\.depth: 4 -> 2"):
+        _pretrainer(tiny_cfg("mae", encoder={"depth": 2}), tmp_path)
+    with pytest.raises(ResumeConflictError, match=r"train\.lr: .*--allow-changes"):
+        _pretrainer(tiny_cfg("mae", train={"lr": 1e-4}), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
