@@ -17,7 +17,6 @@ SIGTERM / SIGUSR1. Output directory (rank 0):
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from ..engine import resume as rs
 from ..engine.hooks import HookBase, WindowLogger
 from ..engine.loop import TrainLoop
 from ..engine.optim import build_optimizer, param_groups
-from ..engine.records import append_jsonl
+from ..engine.records import append_jsonl, truncate_jsonl
 from ..engine.schedule import WarmupCosineSchedule
 from ..engine.step import NonFiniteLossError, StepMachinery, make_grad_scaler, seed_everything
 from ..io import provenance, torch_save_atomic, write_text_atomic
@@ -64,22 +63,6 @@ def epoch_checkpoint_name(epoch: int) -> str:
 def pretrain_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups of ``engine.optim.param_groups`` (kept for callers of this name)."""
     return param_groups(model.named_parameters(), weight_decay)
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop the training lines of steps after ``step`` (they are redone after a resume)."""
-    if not path.is_file():
-        return
-    keep = []
-    for ln in path.read_text().splitlines():
-        if not ln.strip():
-            continue
-        rec = json.loads(ln)
-        if rec.get("type") in ("start", "step", "epoch") and rec.get("step", 0) > step:
-            continue
-        keep.append(ln)
-    text = "".join(ln + "\n" for ln in keep)
-    write_text_atomic(path, text)
 
 
 class _EpochEnd(HookBase):
@@ -246,7 +229,9 @@ class Pretrainer(TrainLoop):
         else:  # data order still resumes exactly; augmentation draws cannot
             seed_everything(self.cfg.train.seed + 1000 * self.iteration + self.info.rank)
         if self.info.is_main:
-            _truncate_log(self.out / LOG_NAME, self.iteration)
+            # the lines of steps after the checkpoint are redone; the tokenizer's are kept
+            truncate_jsonl(self.out / LOG_NAME, self.iteration, key="step",
+                           types=("start", "step", "epoch"))
             rs.record_changes(self.out, self.iteration, self._changes)
 
     # ------------------------------------------------------------------ loop
