@@ -229,3 +229,17 @@ def test_pretraining_resume_with_another_encoder_is_refused_untouched(tmp_path):
     with pytest.raises(ResumeConflictError, match=r"train\.lr: .*--allow-changes"):
         _pretrainer(tiny_cfg("mae", train={"lr": 1e-4}), tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_processes_started_under_blocked_signals_leave_them_to_the_main_process():
+    from vitdet_lib.engine.loop import STOP_SIGNALS, signals_blocked
+
+    probe = ("import signal; "
+             "print(sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])))")
+    with signals_blocked():  # as loader workers are started
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             check=True)
+    blocked = set(json.loads(out.stdout))
+    assert {int(s) for s in STOP_SIGNALS} <= blocked
+    after = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert not set(STOP_SIGNALS) & set(after)  # the main process gets them again
