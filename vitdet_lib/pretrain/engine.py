@@ -72,7 +72,8 @@ class _EpochEnd(HookBase):
 
     def __init__(self, trainer: Pretrainer) -> None:
         self.trainer = trainer
-        self.start, self.losses = 0.0, []
+        self.start = 0.0
+        self.losses: list[float] = []  # of this epoch's steps in this run
 
     def before_train(self) -> None:
         self.start, self.losses = time.perf_counter(), []
