@@ -1,12 +1,10 @@
 """Pre-training resumes exactly, runs under 2-process DDP, drives from the CLI, and its
 checkpoints load into the detection backbone through the official-layout converters."""
 import json
-import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from gloo import run_gloo
 from pretrain_tiny import METHODS, one_thread, tiny_cfg, train_images  # noqa: F401 (fixture)
 
 from vitdet_lib.checkpoint import InitConfig, initialize_backbone
@@ -40,37 +38,27 @@ def test_resume_mid_epoch_is_exact(tmp_path):
         assert torch.equal(value, resumed[key]), key
     logs = [json.loads(ln) for ln in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs if r["type"] == "step"] == list(range(1, 7))
+    # the second process started at step 4 (a run that ignored last.pth would start at 0)
+    assert [r["step"] for r in logs if r["type"] == "start"] == [0, 4]
     ref = [json.loads(ln) for ln in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert ([r["loss"] for r in logs if r["type"] == "step"]
             == [r["loss"] for r in ref if r["type"] == "step"])
 
 
-def _worker(rank, world_size, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _worker(rank, out):
     info = du.init_distributed("cpu")
-    try:
-        images, labels = train_images(256)
-        cfg = tiny_cfg("mocov3", train={"epochs": 1, "batch_per_device": 8})  # 2 ranks x 2 x 8
-        trainer = Pretrainer(cfg, out, info=info, images=images[:64], labels=labels[:64])
-        trainer.run()
-        params = {n: p.detach() for n, p in trainer.net.named_parameters()}
-        torch.save(params, out / f"params_rank{rank}.pt")
-    finally:
-        du.shutdown()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    images, labels = train_images(256)
+    cfg = tiny_cfg("mocov3", train={"epochs": 1, "batch_per_device": 8})  # 2 ranks x 2 x 8
+    trainer = Pretrainer(cfg, out, info=info, images=images[:64], labels=labels[:64])
+    trainer.run()
+    params = {n: p.detach() for n, p in trainer.net.named_parameters()}
+    torch.save(params, out / f"params_rank{rank}.pt")
 
 
 def test_two_process_ddp_with_accumulation(tmp_path):
     """MoCo v3 gathers keys across ranks for its negatives and has BatchNorm in its heads."""
     out = tmp_path / "ddp"
-    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
+    run_gloo(_worker, tmp_path, out)
     state, obj = _final_state(out)
     assert obj["step"] == 2 and obj["world_size"] == 2 and len(obj["rng"]) == 2
     logs = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
