@@ -1,9 +1,10 @@
 """The ViT backbone: windows, padding, shared biases, layouts, position embeddings."""
 import pytest
 import torch
+from pos_reference import abs_pos_reference, rel_table_reference
 
 from vitdet_lib.config import AttentionLayout, RelPos, vit_config
-from vitdet_lib.model.pos import rel_pos_bias, resize_abs_pos
+from vitdet_lib.model.pos import rel_pos_bias, resize_abs_pos, resize_rel_table
 from vitdet_lib.model.vit import ViT, window_partition, window_unpartition
 
 
@@ -121,7 +122,17 @@ def test_resize_abs_pos_keeps_matching_grids_and_drops_prefix_tokens():
     pos = torch.randn(1, 1 + 14 * 14, 8)
     same = resize_abs_pos(pos, (14, 14), num_prefix_tokens=1)
     torch.testing.assert_close(same, pos[:, 1:].reshape(1, 14, 14, 8))
-    assert resize_abs_pos(pos, (64, 64), num_prefix_tokens=1).shape == (1, 64, 64, 8)
+    torch.testing.assert_close(resize_abs_pos(pos, (64, 64), num_prefix_tokens=1),
+                               abs_pos_reference(pos, 14, (64, 64), prefix=1))
+    torch.testing.assert_close(resize_abs_pos(pos, (10, 20), num_prefix_tokens=1),
+                               abs_pos_reference(pos, 14, (10, 20), prefix=1))  # non-square grid
+
+
+def test_resize_rel_table_against_plain_interpolation():
+    table = torch.randn(7 * 7, 3)  # offsets -3..3 in each direction, 3 heads
+    assert resize_rel_table(table, 7) is table
+    torch.testing.assert_close(resize_rel_table(table, 15), rel_table_reference(table, 7, 15))
+    torch.testing.assert_close(resize_rel_table(table, 5), rel_table_reference(table, 7, 5))
 
 
 def test_layer_scale_and_drop_path_schedule():
