@@ -136,10 +136,15 @@ def test_knn_accuracy_and_mae_figure_run(tmp_path):
     cfg = tiny_cfg("mae")
     method = build_method(cfg)
     images, labels = train_images(256)
+    kw = {"img_size": 32, "pixel_mean": cfg.data.pixel_mean, "pixel_std": cfg.data.pixel_std}
     acc = knn_accuracy(method.encoder(), train_images=images[:200], train_labels=labels[:200],
-                       test_images=images[200:], test_labels=labels[200:], img_size=32,
-                       pixel_mean=cfg.data.pixel_mean, pixel_std=cfg.data.pixel_std, k=5)
-    assert 0.0 <= acc <= 1.0
+                       test_images=images[200:], test_labels=labels[200:], k=5, **kw)
+    assert acc * 56 == pytest.approx(round(acc * 56))  # a fraction of the 56 test images
+    # queries that are the bank itself: each one's nearest neighbour is its own image
+    same = {"train_images": images[:60], "train_labels": labels[:60], "test_images": images[:60]}
+    assert knn_accuracy(method.encoder(), **same, test_labels=labels[:60], k=1, **kw) == 1.0
+    wrong = (labels[:60] + 1) % 10
+    assert knn_accuracy(method.encoder(), **same, test_labels=wrong, k=1, **kw) == 0.0
     path = mae_reconstruction_figure(method.net, images[:4], tmp_path / "rec.png",
                                      pixel_mean=cfg.data.pixel_mean, pixel_std=cfg.data.pixel_std)
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"

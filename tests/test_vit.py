@@ -92,7 +92,7 @@ def test_shared_biases_are_two_tensors_whatever_the_depth(depth):
 
 def test_layouts_choose_global_blocks():
     assert tiny(depth=12).global_block_indexes == (2, 5, 8, 11)
-    assert vit_config("base").global_block_indexes == (2, 5, 8, 11)  # PAPER.md: ViT-B hybrid
+    assert vit_config("base").global_block_indexes == (2, 5, 8, 11)  # the paper's ViT-B hybrid layout
     assert vit_config("large").global_block_indexes == (5, 11, 17, 23)
     assert tiny(attention=AttentionLayout.WINDOW).global_block_indexes == ()
     assert tiny(attention=AttentionLayout.GLOBAL_CHECKPOINT).global_block_indexes == (0, 1, 2, 3)
