@@ -188,3 +188,10 @@ def test_bf16_autocast_casts_masks_once_and_trains():
     loss.backward()
     for t in (vit.rel_pos_window_table, vit.rel_pos_global_table):
         assert t.grad is not None and t.grad.dtype == torch.float32 and t.grad.abs().sum() > 0
+
+
+def test_position_tables_that_are_not_square_are_refused():
+    with pytest.raises(ValueError, match="not a square grid"):
+        resize_abs_pos(torch.randn(1, 1 + 15, 8), (4, 4), num_prefix_tokens=1)
+    with pytest.raises(ValueError, match="not square"):
+        resize_rel_table(torch.randn(50, 2), 9)
