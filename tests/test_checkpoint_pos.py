@@ -27,8 +27,18 @@ NARROW = dict(dim=64, depth=4, heads=2, patch=16, grid=14)
 
 
 @pytest.fixture(scope="module")
-def narrow_1024() -> ViT:
+def _narrow_1024() -> ViT:
     return ViT(vit_config("base", embed_dim=64, depth=4, num_heads=2), img_size=1024)
+
+
+@pytest.fixture
+def narrow_1024(_narrow_1024) -> ViT:
+    """Built once, NaN-filled before each test: no value a previous test loaded survives."""
+    with torch.no_grad():
+        for tensor in _narrow_1024.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.fill_(float("nan"))
+    return _narrow_1024
 
 
 @pytest.mark.parametrize("kind,own,other", [
@@ -47,6 +57,8 @@ def test_sincos_taken_as_stored_and_resized_to_1024(narrow_1024, kind, own, othe
     (change,) = report.shape_changes
     assert (change.key, change.stored, change.loaded) == ("pos_embed", [1, 197, 64], [1, 64, 64, 64])
     assert "bicubic 14x14 -> 64x64" in change.how
+    assert not any(v.isnan().any() for v in narrow_1024.state_dict().values()
+                   if v.is_floating_point())
 
 
 def test_beit_vit_b_tables_at_1024():
@@ -74,8 +86,10 @@ def test_rel_table_resize_scales_offsets_linearly():
     samples or more from the border (where bicubic replicates the edge), PyTorch's kernel
     (a = -0.75) follows the plane within 0.25 (align_corners=False, or transposed or unscaled
     offsets, would be off by more than 1)."""
-    vit = ViT(vit_config("base", layer_scale_init=0.1), img_size=1024)
-    ck = fakes.beit(**fakes.VIT_B)
+    # ViT-B's grids (14x14 pre-training, 64x64 at 1024) and 12 heads, narrow and shallow
+    vit = ViT(vit_config("base", embed_dim=48, depth=4, num_heads=12, layer_scale_init=0.1),
+              img_size=1024)
+    ck = fakes.beit(dim=48, depth=4, heads=12, patch=16, grid=14)
     dy, dx = torch.meshgrid(torch.arange(-13.0, 14), torch.arange(-13.0, 14), indexing="ij")
     linear = (3 * dy - 2 * dx + 1).reshape(-1, 1).repeat(1, 12)
     ck["model"]["rel_pos_bias.relative_position_bias_table"][:729] = linear
