@@ -9,6 +9,7 @@ from pretrain_tiny import METHODS, one_thread, tiny_cfg, train_images  # noqa: F
 
 from vitdet_lib.checkpoint import InitConfig, initialize_backbone
 from vitdet_lib.config import vit_config
+from vitdet_lib.engine import NonFiniteLossError
 from vitdet_lib.engine import distributed as du
 from vitdet_lib.model.vit import ViT
 from vitdet_lib.pretrain.engine import Pretrainer, pretrain
@@ -43,6 +44,18 @@ def test_resume_mid_epoch_is_exact(tmp_path):
     ref = [json.loads(ln) for ln in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert ([r["loss"] for r in logs if r["type"] == "step"]
             == [r["loss"] for r in ref if r["type"] == "step"])
+
+
+def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    """lr 1e30: Adam's first step moves every weight by ~1e30, the second forward overflows."""
+    images, labels = train_images(256)
+    cfg = tiny_cfg("mae", train={"epochs": 2, "lr": 1e30, "warmup_epochs": 0.0,
+                                 "checkpoint_every": 1})
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 2"):
+        pretrain(cfg, tmp_path, images=images[:96], labels=labels[:96])
+    state, obj = _final_state(tmp_path)
+    assert obj["step"] == 1
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
 def _worker(rank, out):
