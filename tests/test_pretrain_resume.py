@@ -51,7 +51,7 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     images, labels = train_images(256)
     cfg = tiny_cfg("mae", train={"epochs": 2, "lr": 1e30, "warmup_epochs": 0.0,
                                  "checkpoint_every": 1})
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 2"):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at iteration 2"):
         pretrain(cfg, tmp_path, images=images[:96], labels=labels[:96])
     state, obj = _final_state(tmp_path)
     assert obj["step"] == 1
