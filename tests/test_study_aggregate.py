@@ -93,7 +93,10 @@ def test_table2_table4_and_tuning_values():
     assert t2.loc["single-scale", "APbox"] == "6.0"
     assert t2.loc["multi-scale (FPN)", "APbox"].startswith("41.0 ±")
     t4 = agg.table4(RECORDS)
+    assert set(t4["init"]) == {"beit", "mae"}  # the paper's Table 4 has no random row
+    assert list(t4[t4["init"] == "beit"]["APbox"]) == ["1 failed"]
     row4 = t4[(t4["init"] == "mae") & (t4["schedule"] == "1")]
+    assert row4.iloc[0]["paper row"] == "4 (MAE default)"
     assert row4.iloc[0]["rel-pos"] == "zero" and row4.iloc[0]["APbox"].startswith("41.0")
     grid, dp = agg.tuning(RECORDS)
     assert grid.iloc[0]["val APbox"] == 7.0 and dp.empty

@@ -335,7 +335,9 @@ def table4(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Table 4: positional information, one row per (init, pre-training positions, fine-tuning
     rel-pos treatment, abs-pos treatment, schedule), test APbox mean ± sd over seeds; the
     paper's row number where the row is one of the paper's five."""
+    # the paper's Table 4 compares BEiT and MAE initialisations only
     recs = [r for r in serving(records, "T4") if not _is_sweep(r)
+            and _p(r, "init_kind") in ("beit", "mae")
             and not any("attention" in o or "multi_scale" in o for o in _overrides(r))]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in recs:
