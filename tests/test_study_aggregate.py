@@ -11,7 +11,8 @@ from vitdet_lib.study.records import make_record
 def _ft(run, init, val, test=None, *, schedule=1.0, seed=0, state="success", factor=1.0,
         serves=("T1", "F2", "T4", "F3", "T2"), **params):
     p = {"init": init, "size": "S", "init_kind": init, "serves": list(serves), "seed": seed,
-         "schedule_epochs": schedule, "epochs": schedule * factor, "tuned_by": "hp", **params}
+         "schedule_epochs": schedule, "epochs": schedule * factor, "tuned_by": "hp",
+         "pretrained_pos": "rel" if init == "beit" else "abs", **params}
     metrics = {}
     if state == "success":
         metrics = {"bbox/AP": val, "segm/AP": val / 2, "rel_pos_init": "zero",
