@@ -12,11 +12,11 @@ from vitdet_lib.config import ConfigError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .profile import load_profile
+    from .bench_commands import load_cli_profile  # --add-init, and every input checked first
     from .runner import run_study
 
     try:
-        profile = load_profile(args.profile)
+        profile = load_cli_profile(args, validate=True)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -26,11 +26,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .profile import load_profile
+    from .bench_commands import load_cli_profile  # --add-init
     from .runner import run_report
 
     try:
-        profile = load_profile(args.profile)
+        profile = load_cli_profile(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -50,3 +50,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="render the tables and figures from the profile's records")
     r.add_argument("--profile", required=True)
     r.set_defaults(func=_report)
+    from . import bench_commands  # study plan; --add-init on run and report
+
+    bench_commands.register(sub)
