@@ -10,7 +10,7 @@ from vitdet_lib.checkpoint.report import CheckpointError
 from vitdet_lib.config import vit_config
 from vitdet_lib.model.vit import ViT
 
-TINY = dict(dim=32, depth=4, patch=8, grid=4, heads=2)
+TINY = {"dim": 32, "depth": 4, "patch": 8, "grid": 4, "heads": 2}
 
 
 def _ours_backbone() -> dict:

@@ -8,7 +8,7 @@ from vitdet_lib.config import ConfigError
 from vitdet_lib.study.add_init import add_inits, load_benchmark_profile, parse_spec
 from vitdet_lib.study.profile import expand_runs, load_profile
 
-SMOKE_VIT = dict(dim=32, depth=4, patch=8, grid=4, heads=2)  # the smoke detector's encoder
+SMOKE_VIT = {"dim": 32, "depth": 4, "patch": 8, "grid": 4, "heads": 2}  # the smoke detector's encoder
 
 
 @pytest.fixture()

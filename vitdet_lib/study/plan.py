@@ -280,13 +280,13 @@ def format_plan(result: Plan) -> str:
     body = [[r.run, " ".join(r.serves), r.init or "-", r.size or "-", r.model or "-",
              _fmt(r.image_size, "{}"), _fmt(r.epochs, "{:g}"), _fmt(r.iterations, "{}"),
              str(r.devices), _fmt(r.step_s, "{:.3f}"),
-             *[_fmt(r.device_hours.get(k), "{:.2f}") for k in hour_cols], r.note]
+             *[_fmt(r.device_hours.get(k), "{:.3g}") for k in hour_cols], r.note]
             for r in result.rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in [head, *body]]
     lines.append(f"{len(result.rows)} runs (sweeps: first grid only; widening adds runs)")
     for k, total in result.totals.items():
-        lines.append(f"total {k}: {total:.2f}")
+        lines.append(f"total {k}: {total:.4g}")
     for d in result.devices:
         lines.append(f"  {d['device']}: {d['source']} ({d['basis']})")
     if result.problems:
