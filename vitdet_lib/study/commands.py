@@ -20,8 +20,14 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = run_study(profile, only=args.only, force=args.force,
-                        echo=lambda line: print(line, flush=True))
+    if profile.launcher.kind.value == "slurm":  # each run a SLURM job (study/slurm.py)
+        from .slurm import SlurmStudyExecutor
+
+        summary = SlurmStudyExecutor(profile, force=args.force, echo=lambda line: print(
+            line, flush=True)).run(args.only)
+    else:
+        summary = run_study(profile, only=args.only, force=args.force,
+                            echo=lambda line: print(line, flush=True))
     return 1 if summary.count("failed") or summary.count("skipped") else 0
 
 
