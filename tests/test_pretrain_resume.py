@@ -45,14 +45,15 @@ def test_resume_mid_epoch_is_exact(tmp_path):
             == [r["loss"] for r in ref if r["type"] == "step"])
 
 
-def _worker(rank, world_size, port, out):
+def _worker(rank, world_size, port, out, method="mocov3", batch_per_device=16):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     info = du.init_distributed("cpu")
     try:
         images, labels = train_images(256)
-        cfg = tiny_cfg("mocov3", train={"epochs": 1, "batch_per_device": 8})  # 2 ranks x 2 x 8
+        # batch 32 = 2 ranks x 16 (MoCo v3 refuses accumulation) or 2 ranks x 2 x 8 (MAE)
+        cfg = tiny_cfg(method, train={"epochs": 1, "batch_per_device": batch_per_device})
         trainer = Pretrainer(cfg, out, info=info, images=images[:64], labels=labels[:64])
         trainer.run()
         params = {n: p.detach() for n, p in trainer.net.named_parameters()}
@@ -67,15 +68,19 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_with_accumulation(tmp_path):
-    """MoCo v3 gathers keys across ranks for its negatives and has BatchNorm in its heads."""
+@pytest.mark.parametrize("method, batch_per_device, accumulation", [("mocov3", 16, 1),
+                                                                   ("mae", 8, 2)])
+def test_two_process_ddp_with_accumulation(tmp_path, method, batch_per_device, accumulation):
+    """MoCo v3 gathers keys across ranks for its negatives and has BatchNorm in its heads;
+    MAE accumulates two micro-batches per rank (MoCo v3 may not: its negatives would shrink)."""
     out = tmp_path / "ddp"
-    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, _free_port(), out, method, batch_per_device), nprocs=2,
+                       start_method="spawn")
     state, obj = _final_state(out)
     assert obj["step"] == 2 and obj["world_size"] == 2 and len(obj["rng"]) == 2
     logs = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
     start = next(r for r in logs if r["type"] == "start")
-    assert start["world_size"] == 2 and start["accumulation"] == 2
+    assert start["world_size"] == 2 and start["accumulation"] == accumulation
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     rank0, rank1 = (torch.load(out / f"params_rank{r}.pt", weights_only=True) for r in (0, 1))
     for name, value in rank0.items():  # DDP kept the replicas (incl. the EMA encoder) equal

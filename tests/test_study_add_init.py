@@ -34,8 +34,8 @@ def test_new_init_joins_t1_f2_and_sweeps(mae_file):
     src = profile.inits["mine"]
     assert src.kind == "mae" and src.checkpoint == str(mae_file) and src.pretrain_run is None
     runs = {r.name: r for r in expand_runs(profile)}
-    mine = runs["ft-S-mine"]
-    assert {"T1", "F2"} <= set(mine.serves) and mine.needs == ()
+    mine = runs["ft-S-mine-ep1-s0"]
+    assert {"T1", "F2"} <= set(mine.serves) and mine.needs == ("hp-S-mine",)  # tuned first
     assert mine.parameters["init_kind"] == "mae" and mine.parameters["init_checkpoint"] == str(mae_file)
     assert "mine" in profile.sweeps[0].inits
     assert "mine" not in load_profile("smoke").inits  # the shipped profile is not changed
@@ -49,13 +49,13 @@ def test_paper_profile_per_size_files_and_all_comparisons(tmp_path):
     profile = add_inits(load_profile("paper"), [spec], echo=lambda _: None)
     assert profile.inits["mybeit"].overrides == ["model.backbone.layer_scale_init=0.1"]
     runs = {r.name: r for r in expand_runs(profile)}
-    assert {"ft-B-mybeit", "ft-L-mybeit", "f2-L-mybeit-ep25"} <= set(runs)
-    assert runs["ft-L-mybeit"].parameters["init_checkpoint"] == f"{tmp_path}/L/b.pth"
-    assert "t4-L-mybeit-relnone" not in runs
+    assert {"ft-B-mybeit-ep100-s0", "ft-L-mybeit-ep25-s2"} <= set(runs)
+    assert runs["ft-L-mybeit-ep100-s0"].parameters["init_checkpoint"] == f"{tmp_path}/L/b.pth"
+    assert not any(n.startswith("f3-") and "mybeit" in n for n in runs)
     # the random-init sweep keeps its own protocol; the pre-trained inits' sweep gets the new one
     assert [("mybeit" in s.inits) for s in profile.sweeps] == [True, False]
     wide = add_inits(load_profile("paper"), [spec], all_comparisons=True, echo=lambda _: None)
-    assert {"t4-L-mybeit-relnone", "f3-L-mybeit"} <= {r.name for r in expand_runs(wide)}
+    assert "f3-L-mybeit-ep100-s0" in {r.name for r in expand_runs(wide)}
 
 
 def test_bad_specs_name_the_spec(mae_file, tmp_path):

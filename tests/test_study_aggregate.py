@@ -1,35 +1,84 @@
-"""Aggregation from synthetic records: 'no run' cells, failed cells, the paper's numbers."""
+"""Aggregation from synthetic records, with values: Table 1 picks each init's tuned runs and
+its best schedule on validation AP and reports test AP as mean ± sd; Figure 2 uses separate
+schedules; failed and stale runs show as such; the paper's numbers sit beside ours."""
+import statistics
+
 from vitdet_lib.study import aggregate as agg
 from vitdet_lib.study import plots
 from vitdet_lib.study.records import make_record
 
 
-def _ft(run, init, ap, status="success", **params):
-    p = {"init": init, "size": "S", "init_kind": init, "serves": ["T1", "F2", "T4", "F3"], **params}
-    r = make_record(run, status, parameters=p,
-                    metrics={"bbox/AP": ap, "segm/AP": ap / 2, "rel_pos_init": "zero",
-                             "abs_pos_init": "pretrained"} if status == "success" else {})
-    r["eval_history"] = [{"epoch": 0.5, "bbox/AP": ap / 2}, {"epoch": 1.0, "bbox/AP": ap}] if ap else []
+def _ft(run, init, val, test=None, *, schedule=1.0, seed=0, state="success", factor=1.0,
+        serves=("T1", "F2", "T4", "F3", "T2"), **params):
+    p = {"init": init, "size": "S", "init_kind": init, "serves": list(serves), "seed": seed,
+         "schedule_epochs": schedule, "epochs": schedule * factor, "tuned_by": "hp", **params}
+    metrics = {}
+    if state == "success":
+        metrics = {"bbox/AP": val, "segm/AP": val / 2, "rel_pos_init": "zero",
+                   "abs_pos_init": "pretrained", "lr": 1e-3, "weight_decay": 0.1,
+                   "drop_path": 0.1}
+        if test is not None:
+            metrics.update({"test/bbox/AP": test, "test/segm/AP": test / 2})
+    r = make_record(run, "success" if state in ("success", "stale") else state, parameters=p,
+                    metrics=metrics)
+    r["state"] = state
     return r
 
 
-RECORDS = [_ft("ft-S-random", "random", 12.34), _ft("ft-S-mae", "mae", 20.0, pretrain_epochs=2),
-           _ft("ft-S-beit", "beit", None, status="failed")]
+# mae: schedule 1 is best on val (20 > 15) but worse on test: the table must follow val
+RECORDS = [
+    *[_ft(f"ft-random-ep{e}-s{s}", "random", 10 + e + s, 30 + e + s, schedule=e, seed=s,
+          factor=4.0) for e in (0.5, 1.0) for s in (0, 1, 2)],
+    *[_ft(f"ft-mae-ep1-s{s}", "mae", 20.0, 40.0 + s, seed=s, pretrain_epochs=2)
+      for s in (0, 1, 2)],
+    *[_ft(f"ft-mae-ep0.5-s{s}", "mae", 15.0, 50.0, schedule=0.5, seed=s, pretrain_epochs=2)
+      for s in (0, 1, 2)],
+    _ft("ft-beit-ep1-s0", "beit", None, state="failed"),
+    _ft("ft-supervised-ep1-s0", "supervised", 99.0, 99.0, state="stale"),
+    _ft("t2-mae-single-s0", "mae", 5.0, 6.0, serves=("T2",),
+        overrides=["model.detector.multi_scale=false"]),
+    _ft("hp-mae-lr0.001-wd0.1", "mae", 7.0, serves=("HP",), stage="grid", sweep="hp", lr=1e-3,
+        weight_decay=0.1, drop_path=0.0),
+]
 
 
-def test_table1_has_no_run_failed_and_paper_numbers(tmp_path):
-    df = agg.table1(RECORDS, sizes=["S"])
-    row = df.set_index("init")
-    assert row.loc["random", "ours S APbox"] == "12.3"
-    assert row.loc["mae", "ours S APmask"] == "10.0"
-    assert row.loc["supervised", "ours S APbox"] == agg.NO_RUN
-    assert row.loc["beit", "ours S APbox"] == "failed"
-    assert row.loc["random", "paper ViT-B APbox"] == "48.9"
-    assert row.loc["mae", "paper ViT-L APbox"] == "53.3"
-    md = agg.save_table(df, tmp_path, "table1", "Table 1", "NOT MEANINGFUL", "T1")
+def test_table1_picks_tuned_runs_at_the_best_validation_schedule_and_reports_test():
+    df = agg.table1(RECORDS, sizes=["S"]).set_index("init")
+    mae = df.loc["mae"]
+    assert mae["schedule (ep)"] == "1"  # val 20 beats 15 although test says otherwise
+    assert mae["APbox"] == f"41.0 ± {statistics.stdev([40, 41, 42]):.1f} (n=3)"
+    assert mae["val APbox"] == "20.0 ± 0.0 (n=3)" and mae["split"] == "test"
+    assert (mae["lr"], mae["wd"], mae["dp"], mae["tuned by"]) == ("0.001000", "0.100", "0.10",
+                                                                  "hp")
+    random = df.loc["random"]
+    assert random["schedule (ep)"] == "1" and random["trained ep"] == "4"
+    assert random["schedules tried"] == "0.5, 1"
+    assert df.loc["beit", "APbox"] == "1 failed"
+    assert df.loc["supervised", "APbox"] == "1 stale"  # never its 99
+    assert df.loc["mocov3", "APbox"] == agg.NO_RUN
+    assert df.loc["random", "paper ViT-B APbox"] == "48.9"
+    assert "test scenes" in agg.table1(RECORDS, sizes=["S"]).attrs["protocol_note"]
+
+
+def test_table1_ignores_ablation_and_sweep_runs(tmp_path):
+    only_ablation = [r for r in RECORDS if r["run"].startswith(("t2", "hp"))]
+    df = agg.table1(only_ablation, sizes=["S"]).set_index("init")
+    assert df.loc["mae", "APbox"] == agg.NO_RUN
+    md = agg.save_table(agg.table1(RECORDS, ["S"]), tmp_path, "table1", "Table 1", "NOTE", "T1")
     text = md.read_text()
-    assert "no run" in text and "NOT MEANINGFUL" in text and "paper text" in text
+    assert "NOTE" in text and "paper text" in text and "1 failed" in text
     assert (tmp_path / "table1.csv").read_text().startswith("init,")
+
+
+def test_figure2_has_one_point_per_separate_schedule_with_seed_spread():
+    conv = agg.convergence(RECORDS)
+    random = conv[conv["init"] == "random"].set_index("schedule")
+    assert list(random["epoch"]) == [2.0, 4.0]  # random's schedules are 4x the listed ones
+    assert random.loc[0.5, "APbox"] == 31.5 and random.loc[0.5, "n"] == 3
+    assert random.loc[0.5, "APbox sd"] == statistics.stdev([30.5, 31.5, 32.5])
+    states = dict(zip(conv["init"], conv["state"]))
+    assert states["beit"] == "1 failed" and states["supervised"] == "1 stale"
+    assert "t2-mae-single-s0" not in set(conv.get("run", []))
 
 
 def test_lower_confidence_numbers_are_marked():
@@ -39,21 +88,29 @@ def test_lower_confidence_numbers_are_marked():
     assert t5.iloc[0]["model"] == agg.NO_RUN and "lower confidence" in t5.attrs["paper_note"]
 
 
-def test_every_table_and_figure_renders_from_few_records(tmp_path):
-    for df in (agg.table2(RECORDS), agg.table3(RECORDS), agg.table4(RECORDS, ["mae"]),
-               agg.tide_table(RECORDS), *agg.tuning(RECORDS)):
-        assert agg.to_markdown(df)
-    t3 = agg.table3(RECORDS)
-    assert (t3["APbox"] == agg.NO_RUN).all() and t3.iloc[1]["paper APbox (ViT-L)"] == "53.3"
-    t4 = agg.table4(RECORDS, ["mae"]).set_index("rel-pos")
-    assert t4.loc["zero", "abs pretrained"] == "20.0" and t4.loc["none", "abs none"] == agg.NO_RUN
+def test_table2_table4_and_tuning_values():
+    t2 = agg.table2(RECORDS).set_index("backbone")
+    assert t2.loc["single-scale", "APbox"] == "6.0"
+    assert t2.loc["multi-scale (FPN)", "APbox"].startswith("41.0 ±")
+    t4 = agg.table4(RECORDS)
+    row4 = t4[(t4["init"] == "mae") & (t4["schedule"] == "1")]
+    assert row4.iloc[0]["rel-pos"] == "zero" and row4.iloc[0]["APbox"].startswith("41.0")
+    grid, dp = agg.tuning(RECORDS)
+    assert grid.iloc[0]["val APbox"] == 7.0 and dp.empty
+    failed_t3 = [_ft("t3", "mae", 1.0, serves=("T3",), state="failed")]
+    failed_t3[0]["metrics"] = {"layouts": []}
+    assert set(agg.table3(failed_t3)["APbox"]) == {"failed"}
+
+
+def test_every_figure_renders_from_few_records(tmp_path):
     figs = [plots.figure2(agg.convergence(RECORDS), agg.paper_convergence(), ["S", "M"], "note"),
             plots.figure3(agg.mae_epochs(RECORDS)), plots.figure4(agg.tide_table(RECORDS)),
             plots.tuning_figure(*agg.tuning(RECORDS))]
     for i, fig in enumerate(figs):
         png, svg = plots.save_figure(fig, tmp_path, f"f{i}")
         assert png.stat().st_size > 1000 and svg.is_file()
-    assert len(agg.mae_epochs(RECORDS)) == 1
+    f3 = agg.mae_epochs(RECORDS)
+    assert list(f3["schedule"]) == [0.5, 1.0] and list(f3["APbox"]) == [50.0, 41.0]
 
 
 def test_tide_reads_our_gt_from_path_and_torchrun_command(tmp_path):

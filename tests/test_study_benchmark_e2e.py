@@ -23,15 +23,20 @@ def test_added_checkpoint_gets_a_table1_row(tmp_path, monkeypatch, capsys):
     profile = tmp_path / "smoke_bench.yaml"
     profile.write_text(yaml.safe_dump(data))
     spec = f"mine={ckpt}:auto"
+    # the run and what it needs: the tuning sweep of the new init (4 tiny runs), then the run
     assert main(["study", "run", "--profile", str(profile), "--add-init", spec,
-                 "--only", "ft-S-mine"]) == 0
-    assert "auto-detected layout mae" in capsys.readouterr().out
-    record = rec.read_record(rec.record_path(tmp_path / "results", "ft-S-mine"))
+                 "--only", "ft-S-mine-ep0.5-s0"]) == 0
+    out = capsys.readouterr().out
+    assert "auto-detected layout mae" in out and "hp-S-mine-lr0.001-wd0.1" in out
+    record = rec.read_record(rec.record_path(tmp_path / "results", "ft-S-mine-ep0.5-s0"))
     assert record["status"] == rec.SUCCESS and record["parameters"]["init_kind"] == "mae"
     report = record["init_report"]
     assert report["layout"] == "timm" and report["checkpoint"] == str(ckpt)
     assert "blocks.3.mlp.fc2.weight" in report["loaded"] and "cls_token" in report["dropped"]
     assert main(["study", "report", "--profile", str(profile), "--add-init", spec]) == 0
     table = (tmp_path / "results" / "report" / "table1.md").read_text()
-    row = next(line for line in table.splitlines() if "| mine" in line)
-    assert "no run" not in row, table
+    lines = table.splitlines()
+    head = next(line for line in lines if line.startswith("| init"))
+    row = next(line for line in lines if line.startswith("| mine"))
+    cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in row.split("|")]))
+    assert cells["APbox"] not in ("", "no run") and cells["tuned by"] == "hp-S", table

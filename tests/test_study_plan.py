@@ -45,7 +45,7 @@ def test_paper_profile_here_lists_every_missing_path(tmp_path, capsys, monkeypat
         assert f"/path/to/coco/{'annotations/' if key.endswith('json') else ''}{key} not found" in out
     saved = json.loads((tmp_path / "plan" / "plan.json").read_text())
     assert not saved["ok"] and len(saved["problems"]) >= 16
-    assert {"ft-B-mae", "ft-L-random", "f3-L-mae_ep100"} <= {r["run"] for r in saved["rows"]}
+    assert {"ft-B-mae-ep100-s0", "ft-L-random-ep25-s2", "f3-L-mae_ep100-ep100-s0"} <= {r["run"] for r in saved["rows"]}
 
 
 def test_study_run_refuses_with_all_problems_and_starts_nothing(capsys, monkeypatch):
@@ -114,9 +114,10 @@ def test_paper_shaped_profile_plans_cleanly_with_costs(tmp_path, capsys, monkeyp
     saved = json.loads((out / "plan.json").read_text())
     rows = {r["run"]: r for r in saved["rows"]}
     assert saved["ok"] and not saved["problems"]
-    ft = rows["ft-B-mine"]
-    assert {"T1", "F2"} <= set(ft["serves"]) and rows["f2-L-mine-ep25"]["init_kind"] == "mae"
-    assert ft["iterations"] == round(100 * 16 / 64) and rows["ft-B-random"]["iterations"] == 100
+    ft = rows["ft-B-mine-ep100-s0"]
+    assert {"T1", "F2"} <= set(ft["serves"]) and rows["ft-L-mine-ep25-s1"]["init_kind"] == "mae"
+    assert ft["iterations"] == round(100 * 16 / 64)
+    assert rows["ft-B-random-ep100-s0"]["iterations"] == round(4 * 100 * 16 / 64)  # 4x schedule
     hours = ft["device_hours"]
     assert len(hours) == 4 and sum("(measured)" in k for k in hours) == 1
     assert all(h > 0 for h in hours.values()) and ft["checkpoint_gb"] > 0

@@ -18,8 +18,35 @@ def test_shipped_profiles_load(name):
 def test_paper_profile_uses_torchrun_and_official_checkpoints():
     profile = load_profile("paper")
     assert profile.launcher.kind.value == "torchrun" and profile.launcher.nproc_per_node == 8
-    mae_l = next(r for r in expand_runs(profile) if r.name == "ft-L-mae")
-    assert mae_l.needs == () and "/L/" in mae_l.parameters["init_checkpoint"]
+    runs = {r.name: r for r in expand_runs(profile)}
+    mae_l = runs["ft-L-mae-ep100-s2"]
+    assert mae_l.needs == ("hp-B-mae",) and "/L/" in mae_l.parameters["init_checkpoint"]
+    assert mae_l.parameters["tuned_keys"] == ["lr", "weight_decay"]  # dp 0.3 stays for ViT-L
+    assert runs["ft-B-random-ep100-s0"].parameters["epochs"] == 400.0  # random x4
+    assert {r.stage for r in runs.values()} == {"final", "ablations"}
+
+
+def test_seeds_schedules_and_tuned_by_expand_and_are_checked():
+    sweep = {"name": "hp", "inits": ["random"], "size": "S", "lr": [1.0], "weight_decay": [0.1],
+             "parameters": {"epochs": 1}}
+    p = _profile(sweeps=[sweep])
+    p.inits["random"].schedule_factor = 4
+    p.runs[1].seeds = [0, 3]
+    p.runs[1].matrix["init"] = ["random"]
+    p.runs[1].tuned_by = "hp"
+    p.runs[1].parameters = {"epochs": 2}
+    runs = {r.name: r for r in expand_runs(p)}
+    assert set(runs) == {"pt-mae", "ft-S-random-s0", "ft-S-random-s3"}
+    r = runs["ft-S-random-s3"]
+    assert r.needs == ("hp-random",) and r.parameters["seed"] == 3
+    assert (r.parameters["epochs"], r.parameters["schedule_epochs"]) == (8.0, 2.0)
+    p.runs[1].parameters = {}
+    with pytest.raises(ConfigError, match="schedule_factor 4, so the run must set `epochs`"):
+        expand_runs(p)
+    p.runs[1].parameters = {"epochs": 2}
+    p.runs[1].matrix["init"] = ["mae"]
+    with pytest.raises(ConfigError, match="does not tune init 'mae'"):
+        expand_runs(p)
 
 
 def test_unknown_key_is_an_error(tmp_path):

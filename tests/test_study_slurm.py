@@ -38,17 +38,24 @@ def fake_notebook(notebook: Path, output: Path, parameters: dict, cwd: Path) -> 
             time.sleep(30)  # the signal ends this attempt before the loop goes on
     rec.write_json_atomic(parameters["record_path"], rec.make_record(
         parameters["run_name"], rec.SUCCESS, parameters=parameters,
-        metrics={"resumed_from": start, "steps": STEPS, "finished_at": time.time()}))
+        metrics={"resumed_from": start, "steps": STEPS, "finished_at": time.time(),
+                 "bbox/AP": 10.0 * parameters.get("lr", 0.0)}))
 
 
 def _profile(tmp_path):
     runs = [{"name": "a", "notebook": "fake", "parameters": {"interrupt": "preempt"}},
             {"name": "b", "notebook": "fake", "needs": ["a"], "parameters": {}},
-            {"name": "c", "notebook": "fake", "parameters": {"interrupt": "kill"}}]
+            {"name": "c", "notebook": "fake", "parameters": {"interrupt": "kill"}},
+            {"name": "d", "notebook": "fake", "init": "random", "size": "S", "tuned_by": "hp",
+             "parameters": {}}]
+    # one init's tuning sweep (a node of its own, one job): d takes its winner's lr
+    sweeps = [{"name": "hp", "inits": ["random"], "size": "S", "lr": [1e-3, 2e-3],
+               "weight_decay": [0.1], "drop_path": [], "max_widenings": 0, "parameters": {}}]
     return profile_from_dict({
         "name": "jobs", "results_dir": str(tmp_path / "results"), "work_dir": str(tmp_path / "work"),
         "launcher": {"kind": "slurm", "nodes": 1, "gpus_per_node": 0, "time_limit_min": 10},
-        "runs": runs})
+        "sizes": {"S": []}, "inits": {"random": {"kind": "random"}}, "runs": runs,
+        "sweeps": sweeps})
 
 
 def test_jobs_respect_needs_requeue_on_preemption_and_resume_after_a_kill(tmp_path, monkeypatch):
@@ -61,7 +68,8 @@ def test_jobs_respect_needs_requeue_on_preemption_and_resume_after_a_kill(tmp_pa
                             echo=lines.append)
     summary = ex.run()
     status = {o.run: o.status for o in summary.outcomes}
-    assert status == {"a": "success", "c": "failed", "b": "success"}, lines
+    assert status == {"a": "success", "c": "failed", "b": "success", "hp-random": "success",
+                      "d": "success"}, lines
     results = tmp_path / "results"
     a = rec.read_record(rec.record_path(results, "a"))
     b = rec.read_record(rec.record_path(results, "b"))
@@ -70,13 +78,15 @@ def test_jobs_respect_needs_requeue_on_preemption_and_resume_after_a_kill(tmp_pa
     assert b["metrics"]["finished_at"] > a["metrics"]["finished_at"]  # b waited for a
     c = rec.read_record(rec.record_path(results, "c"))
     assert c["status"] == rec.FAILED and "without a result" in c["error"]
+    d = rec.read_record(rec.record_path(results, "d"))
+    assert d["parameters"]["lr"] == 2e-3  # the sweep's winner (higher AP), decided in its job
     state = json.loads((results / STATE_NAME).read_text())
     assert state["a"]["attempts"] == 1 and state["c"]["outcome"] == "failed"
 
     again = SlurmStudyExecutor(profile, executor=fake_notebook, cluster="local", poll_s=0.2,
                                echo=lines.append).run()
-    assert {o.run: o.status for o in again.outcomes} == {"a": "cached", "b": "cached",
-                                                         "c": "success"}
+    assert {o.run: o.status for o in again.outcomes} == {
+        "a": "cached", "b": "cached", "c": "success", "hp-random": "success", "d": "cached"}
     c = rec.read_record(rec.record_path(results, "c"))
     assert c["status"] == rec.SUCCESS and c["metrics"]["resumed_from"] == 2
     assert json.loads((results / STATE_NAME).read_text())["c"]["attempts"] == 2

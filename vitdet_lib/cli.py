@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "vitdet_lib.engine.commands",
     "vitdet_lib.checkpoint.commands",
     "vitdet_lib.pretrain.commands",
+    "vitdet_lib.pretrain.calibrate",
     "vitdet_lib.study.commands",
 )
 

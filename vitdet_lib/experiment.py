@@ -63,6 +63,8 @@ class GeneratedDataConfig:
     Args:
         kind: which generator.
         num_train, num_val: number of scene images per split.
+        num_test: images of a held-out test split (0 = none), from its own item pool, for
+            reporting a model selected on val (``engine.run.evaluate(..., split="test")``).
         image_size: side of the square scene images in pixels.
         seed: generator seed; the cache directory name includes every field, so a change of
             any of them writes a new dataset instead of reusing a stale one.
@@ -71,13 +73,15 @@ class GeneratedDataConfig:
     kind: GeneratedKind = GeneratedKind.SHAPES
     num_train: int = 64
     num_val: int = 16
+    num_test: int = 0
     image_size: int = 64
     seed: int = 0
 
     @property
     def cache_name(self) -> str:
+        test = f"{self.num_test}test_" if self.num_test else ""  # names without a test unchanged
         return (f"{self.kind.value}_{self.image_size}px_{self.num_train}train_"
-                f"{self.num_val}val_seed{self.seed}")
+                f"{self.num_val}val_{test}seed{self.seed}")
 
 
 @dataclass

@@ -7,7 +7,8 @@ pre-training (ImageNet) and detection (COCO) images are different photos:
 - the **train** split (60k) is for pre-training (``load_fashion_mnist("train")``);
 - the **test** split (10k) is the only source of the detection scenes
   (``write_fashion_scenes``), and its items are divided into disjoint pools for the scene
-  splits, so no item appears in both detection train and val.
+  splits (train / val / and, when asked for, a held-out test split), so no item appears in two
+  of them: a model selected on val is reported on scenes built from items it never saw.
 """
 
 from __future__ import annotations
@@ -165,19 +166,34 @@ def _item_layer(
     return Layer(mask, pixels, top, left, label + 1)
 
 
+# Pool order of the non-train splits: val first, then test, then any other name alphabetically,
+# so the pools do not depend on the order in which a caller lists the splits.
+_POOL_ORDER = {"val": 0, "test": 1}
+
+
 def _pools(
     num_items: int, seed: int, splits: list[str], val_fraction: float
 ) -> dict[str, np.ndarray]:
     """Disjoint test-split item indices per scene split: 'train' gets ``1 - val_fraction`` of the
-    items, the other splits share the rest equally."""
+    items (of one seeded permutation), the other splits share the rest equally, val first.
+
+    With only train and val, val gets the whole held-back share; adding a test split halves it
+    (so a dataset with a test split has different val scenes than one without).
+    """
     order = np.random.default_rng([seed, 0x5EED]).permutation(num_items)
-    others = [s for s in splits if s != "train"]
+    others = sorted((s for s in splits if s != "train"), key=lambda s: (_POOL_ORDER.get(s, 2), s))
     num_train = num_items - round(val_fraction * num_items) if others else num_items
     pools = {"train": order[:num_train]} if "train" in splits else {}
     for i, chunk in enumerate(np.array_split(order[num_train:], max(len(others), 1))):
         if i < len(others):
             pools[others[i]] = chunk
     return pools
+
+
+def _pool_digest(pool: np.ndarray) -> str:
+    """sha256 of a pool's sorted item indices (int64 little-endian): the datasheet's record of
+    exactly which Fashion-MNIST test items a split may use."""
+    return hashlib.sha256(np.sort(pool).astype("<i8").tobytes()).hexdigest()
 
 
 def write_fashion_scenes(
@@ -196,12 +212,14 @@ def write_fashion_scenes(
     Each image has a textured background and a random number of items (tinted, log-uniform size,
     possibly truncated at the border, overlapping in random order); masks are the visible part of
     each item's silhouette. Scene ``i`` of split ``s`` depends only on ``(seed, s, i)`` and on the
-    set of split names (which fixes the item pools), not on the number of images.
+    set of split names (which fixes the item pools: adding a test split halves val's), not on
+    the number of images.
 
     Args:
         out_dir: dataset root: ``images/{split}/``, ``annotations/instances_{split}.json``,
             ``datasheet.json``, ``datasheet.md``.
-        split_sizes: images per split, e.g. ``{"train": 2000, "val": 500}``; default 64 / 16.
+        split_sizes: images per split, e.g. ``{"train": 2000, "val": 500, "test": 500}``;
+            default 64 / 16 (train / val). Each split draws from its own pool of items.
         image_size: square image side.
         seed: base seed of everything (item pools, scenes).
         items_per_image: inclusive range of items pasted per image; heavily occluded items are
@@ -209,7 +227,8 @@ def write_fashion_scenes(
         item_size_range: item side in pixels, sampled log-uniformly; default
             ``(image_size // 16, image_size * 3 // 4)``, i.e. 16..192 at 256, which gives COCO
             small, medium and large instances (about 48% / 43% / 9% after occlusion).
-        val_fraction: share of the test-split items reserved for the non-train splits.
+        val_fraction: share of the test-split items reserved for the non-train splits (shared
+            equally by val and test when both are written; see ``_pools``).
         root: Fashion-MNIST directory (see ``fashion_mnist_dir``).
 
     Returns:
@@ -252,7 +271,8 @@ def write_fashion_scenes(
                 layer.extra["fashion_mnist_test_index"] = int(item)  # provenance: the source item
             writer.add(*composite(background, layers))
         paths[split] = writer.write()
-    sheet = _datasheet(paths, seed, source, params, {s: len(p) for s, p in pools.items()})
+    pool_info = {s: {"size": len(p), "sha256": _pool_digest(p)} for s, p in pools.items()}
+    sheet = _datasheet(paths, seed, source, params, pool_info)
     write_json_atomic(Path(out_dir) / "datasheet.json", sheet, indent=1)
     write_text_atomic(Path(out_dir) / "datasheet.md", _datasheet_markdown(sheet))
     return paths
@@ -267,7 +287,7 @@ def _datasheet(
     seed: int,
     source: Path,
     params: dict[str, Any],
-    pool_sizes: dict[str, int],
+    pools: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """Counts computed from the written json files, so the sheet describes what is on disk."""
     splits: dict[str, Any] = {}
@@ -290,7 +310,8 @@ def _datasheet(
             "annotations": str(path.relative_to(path.parent.parent)),
             "num_images": len(data["images"]),
             "num_instances": len(data["annotations"]),
-            "item_pool_size": pool_sizes[split],
+            "item_pool_size": pools[split]["size"],
+            "item_pool_sha256": pools[split]["sha256"],
             "instances_per_class": per_class,
             "instances_per_image": {
                 "min": int(counts.min()),
@@ -317,7 +338,9 @@ def _datasheet(
         },
         "generator": {"module": "vitdet_lib.data.fashion.write_fashion_scenes", **params},
         "notes": (
-            "Item pools of the splits are disjoint; the Fashion-MNIST train split is not used. "
+            "Item pools of the splits are disjoint (one seeded permutation of the 10k test items: "
+            "train takes 1 - val_fraction, val and test share the rest, val first); "
+            "the Fashion-MNIST train split is not used. "
             "area_ranges count instance-mask areas with COCO's thresholds "
             "(small < 32^2 <= medium < 96^2 <= large)."
         ),
@@ -339,7 +362,8 @@ def _datasheet_markdown(sheet: dict[str, Any]) -> str:
         per_image = s["instances_per_image"]
         summary = (
             f"{s['num_images']} images, {s['num_instances']} instances, "
-            f"item pool {s['item_pool_size']}; instances per image min {per_image['min']} / "
+            f"item pool {s['item_pool_size']} (sha256 {s['item_pool_sha256'][:12]}...); "
+            f"instances per image min {per_image['min']} / "
             f"mean {per_image['mean']:.2f} / max {per_image['max']}."
         )
         lines += [

@@ -1,7 +1,7 @@
 """``vitdet-bench train`` and ``vitdet-bench eval``: thin wrappers over ``engine.run``.
 
     vitdet-bench train PARAMS [--set a.b=v ...] [--output-dir DIR]
-    vitdet-bench eval PARAMS --checkpoint PATH [--set a.b=v ...] [--output-dir DIR]
+    vitdet-bench eval PARAMS --checkpoint PATH [--split val|test] [--set a.b=v ...]
 
 Multi-GPU: ``torchrun --nproc_per_node=N -m vitdet_lib.cli train PARAMS`` (same arguments).
 """
@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="COCO-evaluate a checkpoint on the validation set")
     _add_common(p)
     p.add_argument("--checkpoint", required=True, help="training checkpoint or state dict")
+    p.add_argument("--split", choices=("val", "test"), default="val",
+                   help="val (model selection) or the held-out test scenes (num_test > 0)")
     p.set_defaults(func=_eval)
 
 
@@ -86,7 +88,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     _setup_logging()
     try:
-        metrics = evaluate(_config(args), args.checkpoint)
+        metrics = evaluate(_config(args), args.checkpoint, split=args.split)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -46,12 +46,15 @@ _COMPLETE = "complete.json"  # written last: a generated dataset without it is u
 
 @dataclass(frozen=True)
 class DataPaths:
-    """COCO-format files of one experiment (val may be absent: training without evaluation)."""
+    """COCO-format files of one experiment (val may be absent: training without evaluation;
+    test is present only for a generated dataset with ``num_test > 0``)."""
 
     train_images: Path
     train_annotations: Path
     val_images: Path | None
     val_annotations: Path | None
+    test_images: Path | None = None
+    test_annotations: Path | None = None
 
 
 def generated_dataset_dir(data: DataConfig) -> Path:
@@ -75,12 +78,14 @@ def prepare_data(data: DataConfig) -> DataPaths:
         tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
         try:
             log.info("writing the %s dataset to %s", gen.kind.value, root)
+            sizes = {"train": gen.num_train, "val": gen.num_val}
+            if gen.num_test > 0:
+                sizes["test"] = gen.num_test
             if gen.kind == GeneratedKind.SHAPES:
-                for split, count in (("train", gen.num_train), ("val", gen.num_val)):
+                for split, count in sizes.items():
                     write_shape_scenes(tmp, count, gen.image_size, gen.seed, split=split)
             else:
-                write_fashion_scenes(tmp, {"train": gen.num_train, "val": gen.num_val},
-                                     gen.image_size, gen.seed)
+                write_fashion_scenes(tmp, sizes, gen.image_size, gen.seed)
             (tmp / _COMPLETE).write_text(json.dumps(to_dict(gen)))
             if not (root / _COMPLETE).is_file():  # else a concurrent writer finished first
                 shutil.rmtree(root, ignore_errors=True)  # an unfinished leftover, if any
@@ -92,7 +97,8 @@ def prepare_data(data: DataConfig) -> DataPaths:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     train, val = coco_split_paths(root, "train"), coco_split_paths(root, "val")
-    return DataPaths(*train, *(val if gen.num_val > 0 else (None, None)))
+    test = coco_split_paths(root, "test") if gen.num_test > 0 else (None, None)
+    return DataPaths(*train, *(val if gen.num_val > 0 else (None, None)), *test)
 
 
 def effective_model_config(cfg: ExperimentConfig) -> ModelConfig:
@@ -184,16 +190,39 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
             du.shutdown()
 
 
-def evaluate(cfg: ExperimentConfig, checkpoint: str | Path) -> dict[str, Any]:
-    """Evaluate a checkpoint (a training checkpoint or a bare state dict) on the val set.
+def _test_set(cfg: ExperimentConfig, paths: DataPaths) -> CocoDetection:
+    if paths.test_images is None or paths.test_annotations is None:
+        raise ConfigError("evaluation on split=test needs a generated dataset with "
+                          "data.generated.num_test > 0")
+    test_set = CocoDetection(paths.test_images, paths.test_annotations, mode="eval",
+                             transform=eval_transform())
+    if test_set.num_categories != cfg.model.detector.num_classes:
+        raise ConfigError(f"model.detector.num_classes={cfg.model.detector.num_classes} but the "
+                          f"test set {test_set.ann_file} has {test_set.num_categories} categories")
+    return test_set
 
-    Writes ``coco_results.json``, ``metrics.json`` and ``record.json`` (checkpoint, config,
-    provenance) to ``output_dir/eval_<checkpoint name>/`` and returns the metrics.
+
+def evaluate(cfg: ExperimentConfig, checkpoint: str | Path, split: str = "val") -> dict[str, Any]:
+    """Evaluate a checkpoint (a training checkpoint or a bare state dict) on the val or test set.
+
+    Model selection (periodic evals, the lr/wd/dp grid) uses val; ``split="test"`` reports a
+    selected model on the held-out scenes (``data.generated.num_test > 0``), its metrics keyed
+    ``test/bbox/AP`` etc. so they can sit beside the val ones in one record.
+
+    Writes ``coco_results.json``, ``metrics.json`` and ``record.json`` (checkpoint, split,
+    config, provenance) to ``output_dir/eval_<checkpoint name>/`` (``..._test/`` for the test
+    split) and returns the metrics.
     """
+    if split not in ("val", "test"):
+        raise ConfigError(f"evaluate: split must be 'val' or 'test', got {split!r}")
     session = _open(cfg)
     info = session.info
     try:
-        _, val_set = build_datasets(cfg, _prepare(cfg, info))
+        paths = _prepare(cfg, info)
+        if split == "test":
+            val_set = _test_set(cfg, paths)
+        else:
+            _, val_set = build_datasets(cfg, paths)
         if val_set is None:
             raise ConfigError("evaluation needs data.val_images and data.val_annotations "
                               "(or a generated dataset with num_val > 0)")
@@ -207,14 +236,17 @@ def evaluate(cfg: ExperimentConfig, checkpoint: str | Path) -> dict[str, Any]:
                                f"{result.missing_keys[:10]}, unexpected "
                                f"{result.unexpected_keys[:10]}")
         model.to(info.device)
-        out = Path(cfg.output_dir or ".") / f"eval_{Path(checkpoint).stem}"
+        suffix = "_test" if split == "test" else ""
+        out = Path(cfg.output_dir or ".") / f"eval_{Path(checkpoint).stem}{suffix}"
         metrics = evaluate_model(model, val_set, info.device,
                                  batch_size=cfg.eval.batch_per_device,
                                  num_workers=cfg.train.num_workers, output_dir=out,
                                  max_images=cfg.eval.max_images)
+        if split == "test":
+            metrics = {f"test/{k}": v for k, v in metrics.items()}
         if info.is_main:
             record = {"checkpoint": str(checkpoint), "iteration": state.get("iteration"),
-                      "metrics": metrics, "config": to_dict(cfg),
+                      "split": split, "metrics": metrics, "config": to_dict(cfg),
                       "provenance": provenance(info.device)}
             write_json_atomic(out / "record.json", record)
         return metrics

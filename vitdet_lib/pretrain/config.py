@@ -110,6 +110,21 @@ class PretrainTrainConfig:
     device: str = "auto"
 
 
+class SupervisedLabels(str, enum.Enum):
+    """Label set of supervised pre-training (``methods/supervised.py`` explains the choice)."""
+
+    FASHION10 = "fashion10"  # the 10 Fashion-MNIST classes: the detector's own classes
+    COARSE4 = "coarse4"  # upper-body / lower- or full-body / footwear / bag: not the detector's
+
+
+class BEiTPosition(str, enum.Enum):
+    """Position information of BEiT pre-training (Table 4's "BEiT pre-trained with abs")."""
+
+    REL = "rel"  # BEiT's default: one shared relative-position bias, no absolute embeddings
+    ABS = "abs"  # learned absolute embeddings instead, as MAE's ViT (no relative bias)
+    BOTH = "both"  # learned absolute embeddings and the shared relative bias
+
+
 @dataclass
 class SupervisedConfig:
     """DeiT's recipe, scaled down: label smoothing, RandAugment-lite, mixup/cutmix.
@@ -120,9 +135,11 @@ class SupervisedConfig:
             disables it.
         mixup_alpha, cutmix_alpha: Beta parameters; 0 disables each (when both are on, each
             batch uses one of them with equal chance, as DeiT does).
+        labels: the pre-training label set; ``num_classes`` must be its size (10 or 4).
     """
 
     num_classes: int = 10
+    labels: SupervisedLabels = SupervisedLabels.FASHION10
     label_smoothing: float = 0.1
     crop_scale: tuple[float, float] = (0.35, 1.0)
     rand_augment_ops: int = 2
@@ -195,12 +212,18 @@ class BEiTConfig:
         min_block_patches: smallest masked block (BEiT: 16 of 196; scaled to small grids).
         layer_scale_init: ``gamma_1/gamma_2`` initial value (0.1 for ViT-B pre-training).
         crop_scale: random-resized-crop area range.
+        brightness, contrast: BEiT's colour jitter (0.4 each; saturation and hue do nothing to
+            grey images), on the view both the ViT and the tokenizer see.
+        position: relative bias (BEiT's), absolute embeddings, or both.
     """
 
     mask_ratio: float = 0.4
     min_block_patches: int = 4
     layer_scale_init: float = 0.1
     crop_scale: tuple[float, float] = (0.2, 1.0)
+    brightness: float = 0.4
+    contrast: float = 0.4
+    position: BEiTPosition = BEiTPosition.REL
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
 

@@ -24,6 +24,7 @@ from .config import PretrainConfig
 from .data import load_eval_images
 from .encoder import PretrainViT
 from .methods import MAENet, PretrainMethod, build_method, unpatchify
+from .methods.supervised import pretrain_labels
 
 POOLS = ("cls", "mean")
 
@@ -155,6 +156,7 @@ def evaluate_method(method: PretrainMethod, cfg: PretrainConfig, *, random_basel
                               "test_images": len(data["test_images"])}
     if cfg.method.value == "supervised":  # the classifier's own head, on the whole test split
         test, test_labels = load_eval_images("test", None, cfg.data.root)
+        test_labels = pretrain_labels(test_labels, cfg.supervised.labels)  # the head's classes
         result["trained"]["classifier_top1_test10k"] = classifier_top1(
             method.encoder(), test, test_labels, img_size=method.img_size,
             pixel_mean=cfg.data.pixel_mean, pixel_std=cfg.data.pixel_std,

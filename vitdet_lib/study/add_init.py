@@ -34,7 +34,7 @@ from vitdet_lib.checkpoint.load import read_checkpoint_file
 from vitdet_lib.checkpoint.report import CheckpointError
 from vitdet_lib.config import ConfigError
 
-from .profile import InitSource, StudyProfile, expand_runs, load_profile
+from .profile import InitSource, StudyProfile, SweepConfig, expand_runs, load_profile
 
 COMPARISON_TABLES = ("T1", "F2")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -123,12 +123,18 @@ def init_source(spec: str, profile: StudyProfile,
     return name, InitSource(kind=kind.value, checkpoint=checkpoint, overrides=overrides)
 
 
-def _sweeps_for(profile: StudyProfile) -> list[int]:
+def _sweeps_for(profile: StudyProfile, tuned_by: set[str]) -> list[int]:
     """Indexes of the sweeps a new (pre-trained) init joins: those tuning pre-trained inits
-    (the paper tunes random init on its own, longer schedule); the first sweep if none does."""
-    pretrained = [i for i, s in enumerate(profile.sweeps)
-                  if any(profile.inits[n].kind != "random" for n in s.inits if n in profile.inits)]
-    return pretrained or ([0] if profile.sweeps else [])
+    (the paper tunes random init on its own, longer schedule), plus, for each sweep name a
+    template the init joins is ``tuned_by``, the first sweep of that name if none of those."""
+    def pretrained(s: SweepConfig) -> bool:
+        return any(profile.inits[n].kind != "random" for n in s.inits if n in profile.inits)
+
+    chosen = [i for i, s in enumerate(profile.sweeps) if pretrained(s)]
+    for name in sorted(tuned_by):
+        if not any(profile.sweeps[i].name == name for i in chosen):
+            chosen += [i for i, s in enumerate(profile.sweeps) if s.name == name][:1]
+    return chosen or ([0] if profile.sweeps else [])
 
 
 def add_inits(profile: StudyProfile, specs: Iterable[str], all_comparisons: bool = False,
@@ -152,7 +158,7 @@ def add_inits(profile: StudyProfile, specs: Iterable[str], all_comparisons: bool
         name, source = init_source(spec, out, echo)
         out.inits[name] = source
         names.append(name)
-    touched = 0
+    touched, tuned_by = 0, set()
     for t in out.runs:
         axis = t.matrix.get("init")
         if not isinstance(axis, list):
@@ -160,10 +166,12 @@ def add_inits(profile: StudyProfile, specs: Iterable[str], all_comparisons: bool
         if all_comparisons or set(t.serves) & set(COMPARISON_TABLES):
             axis.extend(n for n in names if n not in axis)
             touched += 1
+            if t.tuned_by:
+                tuned_by.add(t.tuned_by)
     if not touched:
         raise ConfigError(f"profile {out.name}: no run template compares inits (serves T1/F2 "
                           f"with a matrix 'init' axis), so {names} would never run")
-    for i in _sweeps_for(out):
+    for i in _sweeps_for(out, tuned_by):
         out.sweeps[i].inits.extend(n for n in names if n not in out.sweeps[i].inits)
     expand_runs(out)  # the names must expand cleanly in every template
     return out

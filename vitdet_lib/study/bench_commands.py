@@ -38,7 +38,9 @@ def load_cli_profile(args: argparse.Namespace, *, validate: bool = False):
     profile = load_benchmark_profile(args.profile, getattr(args, "add_init", []),
                                      getattr(args, "add_init_all", False))
     if validate:
-        checked = plan(profile, measure=False, only=getattr(args, "only", None))
+        checked = plan(profile, measure=False, only=getattr(args, "only", None),
+                       stage=getattr(args, "stage", None),
+                       results_dir=getattr(args, "results_dir", None))
         if not checked.ok:
             listing = "\n  - ".join(checked.problems)
             raise ConfigError(f"profile {profile.name}: {len(checked.problems)} problem(s), "
@@ -53,7 +55,7 @@ def _plan(args: argparse.Namespace) -> int:
         profile = load_cli_profile(args)
         out = Path(args.out or f"work_dirs/plan/{profile.name}")
         result = plan(profile, full=args.full, measure=not args.no_measure, only=args.only,
-                      out_dir=out, echo=lambda line: print(line, flush=True))
+                      stage=args.stage, out_dir=out, echo=lambda line: print(line, flush=True))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -72,6 +74,7 @@ def register(study_sub: argparse._SubParsersAction) -> None:
                              "in device-hours (exit 2 listing all problems)")
     p.add_argument("--profile", required=True, help="smoke | mini | paper | a profile .yaml")
     p.add_argument("--only", default=None, help="glob of run names (plus the runs they need)")
+    p.add_argument("--stage", default=None, help="only the runs of this stage (as study run)")
     p.add_argument("--full", action="store_true",
                    help="check every referenced image file (default: a sample per split)")
     p.add_argument("--no-measure", action="store_true",

@@ -12,7 +12,6 @@ validation (without the timing) and refuses to start when anything is wrong.
 from __future__ import annotations
 
 import csv
-import fnmatch
 import io
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,12 +21,12 @@ from typing import Any
 from vitdet_lib.config import ConfigError
 
 from . import cost
-from .profile import Run, StudyProfile, expand_runs
+from .profile import Run, StudyProfile
 from .validate import Validator
 
 # notebook parameters that shape the experiment config (``tasks.experiment_overrides``)
 _EXPERIMENT_KEYS = ("size_overrides", "init_kind", "init_checkpoint", "init_overrides",
-                    "overrides", "lr", "weight_decay", "drop_path")
+                    "overrides", "lr", "weight_decay", "drop_path", "epochs", "seed")
 
 
 @dataclass
@@ -70,21 +69,24 @@ class Plan:
         return not self.problems
 
 
-def _sweep_runs(profile: StudyProfile, only: str | None) -> list[Run]:
-    """Each sweep's first lr x wd grid and its drop-path runs (at the grid's middle point: the
-    best is not known before the grid ran; widening adds runs)."""
-    from .runner import StudyRunner
+def _expand(profile: StudyProfile, only: str | None, stage: str | None) -> list[Run]:
+    """The selected runs: static runs as they are (a run ``tuned_by`` a sweep gets its lr / wd /
+    drop path when the sweep has decided; the params file's values stand in here), and each
+    sweep's first lr x wd grid plus its drop-path runs at the grid's middle point (widening
+    adds runs)."""
+    from .graph import SweepNode, select, study_nodes
+    from .sweep import sweep_dp_run, sweep_grid_run
 
-    runner = StudyRunner(profile, echo=lambda _: None)
-    out = []
-    for s in profile.sweeps:
-        for init in s.inits:
-            if only and not (fnmatch.fnmatch(f"{s.name}-{init}", only)
-                             or fnmatch.fnmatch(f"{s.name}-{init}-x", only)):
-                continue
-            out += [runner.sweep_grid_run(s, init, lr, wd) for lr in s.lr for wd in s.weight_decay]
-            mid_lr, mid_wd = sorted(s.lr)[len(s.lr) // 2], sorted(s.weight_decay)[len(s.weight_decay) // 2]
-            out += [runner.sweep_dp_run(s, init, mid_lr, mid_wd, dp) for dp in s.drop_path]
+    out: list[Run] = []
+    for node in select(study_nodes(profile), only, stage):
+        if not isinstance(node, SweepNode):
+            out.append(node)
+            continue
+        s, init = node.sweep, node.init
+        out += [sweep_grid_run(profile, s, init, lr, wd) for lr in s.lr for wd in s.weight_decay]
+        mid_lr = sorted(s.lr)[len(s.lr) // 2]
+        mid_wd = sorted(s.weight_decay)[len(s.weight_decay) // 2]
+        out += [sweep_dp_run(profile, s, init, mid_lr, mid_wd, dp) for dp in s.drop_path]
     return out
 
 
@@ -102,24 +104,27 @@ def _fallback(profile: StudyProfile) -> list[str]:
 
 
 def plan(profile: StudyProfile, *, full: bool = False, measure: bool = True,
-         only: str | None = None, cache_dir: str | Path = cost.DEFAULT_CACHE, steps: int = 2,
-         out_dir: str | Path | None = None, echo: Callable[[str], None] = print) -> Plan:
+         only: str | None = None, stage: str | None = None,
+         cache_dir: str | Path = cost.DEFAULT_CACHE, steps: int = 2,
+         out_dir: str | Path | None = None, results_dir: str | Path | None = None,
+         echo: Callable[[str], None] = print) -> Plan:
     """Expand, validate and price ``profile``.
 
     Args:
         full: check every referenced image file (default: a sample per annotation file).
         measure: time training steps here for the cost (skipped when any input is wrong).
-        only: glob of run names, as ``study run --only`` (plus the runs they need).
+        only, stage: the runs ``study run --only/--stage`` would execute.
         out_dir: a folder the plan will be written to (checked for writability).
+        results_dir: ``study run --results-dir`` (records there, checkpoints under DIR/work).
     """
-    from .runner import select
     from .tasks import load_run_experiment
 
-    runs = expand_runs(profile)
-    runs = select(runs, only) + _sweep_runs(profile, only)
+    runs = _expand(profile, only, stage)
     fallback = _fallback(profile)
     v = Validator(full=full)
-    for folder, what in ((profile.results_dir, "results_dir"), (profile.work_dir, "work_dir"),
+    work_dir = Path(results_dir) / "work" if results_dir else profile.work_dir
+    for folder, what in ((results_dir or profile.results_dir, "results_dir"),
+                         (work_dir, "work_dir"),
                          *(((out_dir, "plan output folder"),) if out_dir else ())):
         v.writable(folder, what)
     devices = v.launcher(profile.launcher, "auto")

@@ -40,19 +40,44 @@ def save_figure(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
     return paths
 
 
+def _errorbars(ax: plt.Axes, data: pd.DataFrame, x: str, hue: str, order: list[str]) -> None:
+    """Mean APbox with ± sd bars, one line per ``hue`` value."""
+    for name in order:
+        d = data[data[hue] == name].sort_values(x)
+        ax.errorbar(d[x], d["APbox"], yerr=d["APbox sd"].fillna(0.0), marker="o", capsize=3,
+                    label=str(name))
+    ax.legend(fontsize=8)
+
+
+def _missing_note(ax: plt.Axes, data: pd.DataFrame, label: str) -> None:
+    """List the points without a current result (failed / stale / no run) under the axes."""
+    bad = data[data["state"] != "ok"]
+    if not bad.empty:
+        text = "; ".join(f"{r[label]} @ {r['schedule']:g}: {r['state']}" for _, r in bad.iterrows()
+                         if r["schedule"] == r["schedule"])
+        ax.text(0.0, -0.28, "not plotted: " + text[:160], transform=ax.transAxes, fontsize=7,
+                color="firebrick", va="top")
+
+
 def figure2(ours: pd.DataFrame, paper: pd.DataFrame, sizes: list[str], note: str = "") -> Figure:
-    """AP vs fine-tuning epochs per init: one panel per size of ours, one of the paper's."""
-    fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(4.5 * (len(sizes) + 1), 3.8),
+    """AP vs fine-tuning epochs per init, each point a separately trained schedule (mean ± sd
+    over seeds): one panel per size of ours, one of the paper's."""
+    fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(4.8 * (len(sizes) + 1), 4.2),
                              squeeze=False)
     for ax, size in zip(axes[0], sizes):
         data = ours[ours["size"] == size] if not ours.empty else ours
-        if data.empty:
+        plotted = data.dropna(subset=["APbox"]) if not data.empty else data
+        if plotted.empty:
             _no_run(ax, f"ours, {size}")
             continue
-        sns.lineplot(data=data, x="epoch", y="APbox", hue="init", marker="o", ax=ax,
-                     hue_order=[i for i in INITS if i in set(data["init"])])
-        ax.set_title(f"ours, ViT size {size}")
-        ax.set_xlabel("fine-tuning epochs")
+        order = [i for i in INITS if i in set(plotted["init"])]
+        order += sorted(set(plotted["init"]) - set(order))
+        _errorbars(ax, plotted, "epoch", "init", order)
+        split = ", ".join(sorted(set(plotted["split"])))
+        ax.set_title(f"ours, ViT size {size} ({split} APbox)")
+        ax.set_xlabel("fine-tuning epochs (separate schedules)")
+        ax.set_ylabel("APbox")
+        _missing_note(ax, data, "init")
     ax = axes[0][-1]
     if paper.empty:
         _no_run(ax, "paper")
@@ -64,14 +89,20 @@ def figure2(ours: pd.DataFrame, paper: pd.DataFrame, sizes: list[str], note: str
 
 
 def figure3(ours: pd.DataFrame, note: str = "") -> Figure:
-    """APbox vs MAE pre-training epochs (ours), with the paper's ViT-L points."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    if ours.empty:
+    """APbox vs MAE pre-training epochs (ours: separate pre-training runs, one line per
+    fine-tuning schedule), with the paper's ViT-L points."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
+    plotted = ours.dropna(subset=["APbox"]) if not ours.empty else ours
+    if plotted.empty:
         _no_run(axes[0], "ours")
     else:
-        sns.lineplot(data=ours, x="pretrain epochs", y="APbox", hue="size", marker="o",
-                     ax=axes[0])
-        axes[0].set_title("ours: MAE pre-training epochs")
+        plotted = plotted.assign(line=[f"{s} ft {e:g} ep" for s, e in
+                                       zip(plotted["size"], plotted["schedule"])])
+        _errorbars(axes[0], plotted, "pretrain epochs", "line", sorted(set(plotted["line"])))
+        axes[0].set_title("ours: separate MAE pre-trainings")
+        axes[0].set_xlabel("pre-training epochs")
+        axes[0].set_ylabel("APbox")
+        _missing_note(axes[0], ours.rename(columns={"pretrain epochs": "pt"}), "pt")
     axes[1].plot([800, 1600], [53.1, 53.3], "s-", color="black")
     axes[1].set_title("paper: MAE ViT-L (text)")
     axes[1].set_xlabel("pre-training epochs")
@@ -102,13 +133,13 @@ def tuning_figure(grid: pd.DataFrame, dp: pd.DataFrame, note: str = "") -> Figur
         _no_run(axes[0][0], "lr x wd")
     for ax, init in zip(axes[0], inits):
         data = grid[grid["init"] == init].pivot_table(index="weight_decay", columns="lr",
-                                                      values="APbox", aggfunc="max")
+                                                      values="val APbox", aggfunc="max")
         sns.heatmap(data, annot=True, fmt=".2f", cmap="viridis", ax=ax, cbar=False)
-        ax.set_title(f"{init}: APbox, lr x wd (dp 0)")
+        ax.set_title(f"{init}: val APbox, lr x wd (dp 0)")
     ax = axes[0][-1]
-    if dp.empty or dp["APbox"].notna().sum() == 0:
+    if dp.empty or dp["val APbox"].notna().sum() == 0:
         _no_run(ax, "drop path")
     else:
-        sns.barplot(data=dp, x="drop_path", y="APbox", hue="init", ax=ax)
-        ax.set_title("APbox vs drop path at the best lr, wd")
+        sns.barplot(data=dp, x="drop_path", y="val APbox", hue="init", ax=ax)
+        ax.set_title("val APbox vs drop path at the best lr, wd")
     return _stamp(fig, note)

@@ -7,6 +7,12 @@ string of the template, e.g. ``name: ft-{size}-{init}`` with ``matrix: {init: [r
 A template's ``init`` names an entry of ``inits``; expansion turns it into the notebook
 parameters ``init_kind``, ``init_checkpoint`` and ``init_overrides`` and, when the checkpoint
 is produced by a pre-training run of the profile, a dependency on that run.
+
+The study protocol (docs/paper.md, "Tuning protocol") is expressed with three more fields:
+``seeds`` (one run per seed, named ``<name>-s<seed>``), ``tuned_by`` (the run takes lr, weight
+decay and drop path from that sweep's winner for its init, decided on the validation split) and
+an init's ``schedule_factor`` (random init trains 4x longer, in tuning and in final runs, as the
+paper does). ``stage`` groups runs so that a long study runs in parts (``study run --stage``).
 """
 from __future__ import annotations
 
@@ -66,6 +72,10 @@ class InitSource:
         checkpoint: file name inside that run's work directory, or a path (may use ``{size}``).
         overrides: experiment overrides this init needs (BEiT: layer scale).
         pretrain_epochs: pre-training length, for Figure 3.
+        schedule_factor: every fine-tuning ``epochs`` of this init is multiplied by it (the
+            paper's random init: 4, in tuning and final runs).
+        pretrained_pos: the positional information the checkpoint was pre-trained with
+            (``abs`` | ``rel``), shown in Table 4.
     """
 
     kind: str = "random"
@@ -73,6 +83,8 @@ class InitSource:
     checkpoint: str | None = None
     overrides: list[str] = field(default_factory=list)
     pretrain_epochs: float | None = None
+    schedule_factor: float = 1.0
+    pretrained_pos: str = ""
 
 
 @dataclass
@@ -88,6 +100,11 @@ class RunTemplate:
         init: an ``inits`` key (after expansion).
         size: a ``sizes`` key (after expansion).
         needs: runs that must succeed first.
+        seeds: one run per seed (``train.seed``), named ``<name>-s<seed>`` unless the name
+            uses ``{seed}``; empty: the params file's seed, one run.
+        tuned_by: a sweep's name: lr, weight decay and drop path come from that sweep's winner
+            for this run's init (the run waits for the sweep).
+        stage: the part of the study the run belongs to (``study run --stage``).
     """
 
     name: str = ""
@@ -98,6 +115,9 @@ class RunTemplate:
     init: str | None = None
     size: str | None = None
     needs: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    tuned_by: str | None = None
+    stage: str = ""
 
 
 @dataclass
@@ -107,8 +127,10 @@ class SweepConfig:
 
     Args:
         parameters: fine-tune notebook parameters shared by every run of the sweep.
-        drop_path_overrides: experiment overrides added in the drop-path stage only (the
-            paper tunes lr x wd at 25 epochs and drop path at 50).
+        drop_path_overrides: experiment overrides added in the drop-path stage only.
+        drop_path_epochs: fine-tuning epochs of the drop-path stage (the paper tunes lr x wd at
+            25 epochs and drop path at 50); None: the grid's ``epochs``.
+        stage: the part of the study the sweep belongs to (``study run --stage``).
     """
 
     name: str = "hp"
@@ -120,7 +142,9 @@ class SweepConfig:
     factor: float = 2.0
     max_widenings: int = 2
     parameters: dict[str, Any] = field(default_factory=dict)
-    drop_path_overrides: list[str] = field(default_factory=list)  # e.g. the longer schedule
+    drop_path_overrides: list[str] = field(default_factory=list)
+    drop_path_epochs: float | None = None
+    stage: str = "tune"
 
 
 @dataclass
@@ -154,13 +178,36 @@ class StudyProfile:
 
 @dataclass
 class Run:
-    """One concrete notebook execution."""
+    """One concrete notebook execution.
+
+    ``tuned_by``: the sweep whose winner (for ``parameters["init"]``) sets lr / weight decay /
+    drop path when the run is executed; ``needs`` then includes the sweep's node name
+    (``sweep_node(sweep, init)``).
+    """
 
     name: str
     notebook: str
     parameters: dict[str, Any]
     needs: tuple[str, ...] = ()
     serves: tuple[str, ...] = ()
+    stage: str = ""
+    tuned_by: str | None = None
+
+
+def find_sweep(profile: StudyProfile, name: str, init: str, who: str = "") -> SweepConfig:
+    """The sweep called ``name`` that tunes ``init`` (several sweeps may share a name, e.g.
+    one for the pre-trained inits and one with random init's schedules)."""
+    for s in profile.sweeps:
+        if s.name == name and init in s.inits:
+            return s
+    tuned = sorted({i for s in profile.sweeps if s.name == name for i in s.inits})
+    raise ConfigError(f"profile {profile.name}: {who or 'a run'} is tuned_by {name!r}, which "
+                      f"does not tune init {init!r} (it tunes {tuned})")
+
+
+def sweep_node(sweep: str, init: str) -> str:
+    """The dependency-graph name of one init's tuning sweep."""
+    return f"{sweep}-{init}"
 
 
 def profile_path(name_or_path: str | Path) -> Path:
@@ -235,7 +282,8 @@ def init_parameters(profile: StudyProfile, init: str, size: str | None
             checkpoint = str(Path(profile.work_dir) / src.pretrain_run / checkpoint)
             needs = (src.pretrain_run,)
     params = {"init": init, "init_kind": src.kind, "init_checkpoint": checkpoint,
-              "init_overrides": list(src.overrides), "pretrain_epochs": src.pretrain_epochs}
+              "init_overrides": list(src.overrides), "pretrain_epochs": src.pretrain_epochs,
+              "pretrained_pos": src.pretrained_pos or None}
     return params, needs
 
 
@@ -255,7 +303,8 @@ def _flatten(items: list[Any]) -> list[Any]:
 
 def make_run(profile: StudyProfile, name: str, notebook: str, parameters: dict[str, Any], *,
              init: str | None = None, size: str | None = None, needs: tuple[str, ...] = (),
-             serves: tuple[str, ...] = ()) -> Run:
+             serves: tuple[str, ...] = (), stage: str = "", tuned_by: str | None = None,
+             seed: int | None = None) -> Run:
     params = dict(parameters)
     if isinstance(params.get("overrides"), list):  # ``[*anchor, extra]`` nests a list in YAML
         params["overrides"] = _flatten(params["overrides"])
@@ -266,8 +315,32 @@ def make_run(profile: StudyProfile, name: str, notebook: str, parameters: dict[s
         init_params, init_needs = init_parameters(profile, init, size)
         params.update(init_params)
         deps += [n for n in init_needs if n not in deps]
+        factor = profile.inits[init].schedule_factor
+        if factor != 1.0:
+            if params.get("epochs") is None:
+                raise ConfigError(f"profile {profile.name}: run {name}: init {init!r} has "
+                                  f"schedule_factor {factor:g}, so the run must set `epochs`")
+            params["schedule_epochs"] = float(params["epochs"])  # the schedule as listed
+            params["epochs"] = float(params["epochs"]) * factor
+    if params.get("epochs") is not None:
+        params["epochs"] = float(params["epochs"])
+        params.setdefault("schedule_epochs", params["epochs"])
+    if seed is not None:
+        params["seed"] = int(seed)
+    for sources in (params.get("ap_runs") or {}).values():  # Table 3 reads their AP
+        for source in [sources] if isinstance(sources, str) else sources:
+            if source not in deps:
+                deps.append(source)
+    if tuned_by is not None:
+        if init is None:
+            raise ConfigError(f"profile {profile.name}: run {name} is tuned_by {tuned_by!r} "
+                              "but has no init")
+        node = sweep_node(tuned_by, init)
+        if node not in deps:
+            deps.append(node)
+        params["tuned_by"] = tuned_by
     params["serves"] = list(serves)
-    return Run(name, notebook, params, tuple(deps), tuple(serves))
+    return Run(name, notebook, params, tuple(deps), tuple(serves), stage, tuned_by)
 
 
 def expand_runs(profile: StudyProfile) -> list[Run]:
@@ -277,27 +350,42 @@ def expand_runs(profile: StudyProfile) -> list[Run]:
         keys = list(t.matrix)
         for combo in itertools.product(*(t.matrix[k] for k in keys)) if keys else [()]:
             values = dict(zip(keys, combo))
-            try:
-                name = _format(t.name, values)
-                run = make_run(profile, name, _format(t.notebook, values),
-                               _format(t.parameters, values),
-                               init=_format(t.init, values), size=_format(t.size, values),
-                               needs=tuple(_format(t.needs, values)), serves=tuple(t.serves))
-            except KeyError as err:
-                raise ConfigError(f"profile {profile.name}: run template {t.name!r} uses "
-                                  f"{{{err.args[0]}}}, which its matrix does not define") from None
-            runs.append(run)
+            for seed in t.seeds or [None]:
+                vals = values if seed is None else {**values, "seed": seed}
+                try:
+                    name = _format(t.name, vals)
+                    if seed is not None and "{seed}" not in t.name:
+                        name = f"{name}-s{seed}"
+                    run = make_run(profile, name, _format(t.notebook, vals),
+                                   _format(t.parameters, vals),
+                                   init=_format(t.init, vals), size=_format(t.size, vals),
+                                   needs=tuple(_format(t.needs, vals)), serves=tuple(t.serves),
+                                   stage=t.stage, tuned_by=t.tuned_by, seed=seed)
+                except KeyError as err:
+                    raise ConfigError(f"profile {profile.name}: run template {t.name!r} uses "
+                                      f"{{{err.args[0]}}}, which its matrix does not define"
+                                      ) from None
+                runs.append(run)
     names = [r.name for r in runs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"profile {profile.name}: duplicate run names {dupes}")
-    known = set(names)
+    names_of_sweeps = {s.name for s in profile.sweeps}
+    known = set(names) | {sweep_node(s.name, i) for s in profile.sweeps for i in s.inits}
     for r in runs:
+        if r.tuned_by is not None:
+            if r.tuned_by not in names_of_sweeps:
+                raise ConfigError(f"profile {profile.name}: run {r.name} is tuned_by unknown "
+                                  f"sweep {r.tuned_by!r} (sweeps: {sorted(names_of_sweeps)})")
+            find_sweep(profile, r.tuned_by, r.parameters["init"], r.name)
         missing = [n for n in r.needs if n not in known]
         if missing:
             raise ConfigError(f"profile {profile.name}: run {r.name} needs unknown runs {missing}")
     for s in profile.sweeps:
         for init in s.inits:
             init_parameters(profile, init, s.size)
+            if profile.inits[init].schedule_factor != 1.0 and s.parameters.get("epochs") is None:
+                raise ConfigError(f"profile {profile.name}: sweep {s.name} tunes init {init!r} "
+                                  "(schedule_factor != 1): set `epochs` in its parameters")
         size_parameters(profile, s.size)
     return runs

@@ -2,12 +2,17 @@
 
 Every run ends with a record (``records``): the experiment notebook writes ``success`` at its
 end; the runner writes ``failed`` (with the traceback) when the notebook raises, and
-``skipped`` when a run it needs did not succeed. A run with a success record whose parameters
-match is not executed again unless forced, so re-running a study only does what is missing.
+``skipped`` when a run it needs did not succeed. The runner adds the run's fingerprint
+(``fingerprint``) to every record. A success record is reused only when its fingerprint matches
+the current one; otherwise the run is stale, the runner says why and runs it again.
+
+Sweeps are nodes of the same dependency graph as runs: a run ``tuned_by`` a sweep waits for the
+sweep of its init and takes its winner's lr / weight decay / drop path (chosen on the
+validation split). ``dry_run=True`` walks the same graph without executing anything: every
+run's state (success, stale, failed, skipped, no run) for the report.
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 import shutil
 import time
@@ -17,12 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitdet_lib.config import to_dict
-from vitdet_lib.io import jsonable
+from vitdet_lib.config import ConfigError, to_dict
 
 from . import records as rec
-from .profile import REPO_ROOT, Run, StudyProfile, SweepConfig, expand_runs, make_run
-from .sweep import best_point, widen_grid
+from .fingerprint import fingerprint, stale_reasons
+from .graph import SweepNode, select, study_nodes
+from .profile import (
+    REPO_ROOT,
+    Run,
+    StudyProfile,
+    find_sweep,
+    sweep_node,
+)
+from .sweep import SELECTION_METRIC, walk_sweep
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 # (notebook, executed output, parameters, working directory); raises when the notebook fails
@@ -44,12 +56,20 @@ def papermill_executor(notebook: Path, output: Path, parameters: dict[str, Any],
             os.replace(tmp, output)
 
 
+STALE, NO_RUN = "stale", "no run"
+
+
 @dataclass
 class Outcome:
     run: str
-    status: str  # success | failed | skipped | cached
+    status: str  # success | cached | failed | skipped (executed); + stale | no run (dry run)
     seconds: float = 0.0
     message: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict, repr=False)  # the run's, as expected
+
+    def summary(self) -> dict[str, Any]:
+        return {"run": self.run, "status": self.status, "seconds": self.seconds,
+                "message": self.message}
 
 
 @dataclass
@@ -64,48 +84,12 @@ class StudySummary:
     def text(self) -> str:
         lines = [f"study {self.profile}: {len(self.outcomes)} runs in {self.wall_s:.0f} s: "
                  + ", ".join(f"{self.count(s)} {s}" for s in
-                             ("success", "cached", "failed", "skipped"))]
+                             ("success", "cached", "failed", "skipped", STALE, NO_RUN)
+                             if self.count(s) or s in ("success", "failed"))]
         for o in self.outcomes:
-            if o.status in (rec.FAILED, rec.SKIPPED):
+            if o.status in (rec.FAILED, rec.SKIPPED, STALE):
                 lines.append(f"  {o.status:8s} {o.run}: {o.message}")
         return "\n".join(lines)
-
-
-def topological_order(runs: list[Run]) -> list[Run]:
-    """``runs`` with every run after the runs it needs; otherwise the profile's order."""
-    by_name = {r.name: r for r in runs}
-    done: set[str] = set()
-    order: list[Run] = []
-
-    def visit(run: Run, stack: tuple[str, ...]) -> None:
-        if run.name in done:
-            return
-        if run.name in stack:
-            raise ValueError(f"cycle of needs: {' -> '.join((*stack, run.name))}")
-        for need in run.needs:
-            if need in by_name:
-                visit(by_name[need], (*stack, run.name))
-        done.add(run.name)
-        order.append(run)
-
-    for r in runs:
-        visit(r, ())
-    return order
-
-
-def select(runs: list[Run], pattern: str | None) -> list[Run]:
-    """Runs matching the glob ``pattern`` plus (transitively) the runs they need."""
-    if not pattern:
-        return runs
-    by_name = {r.name: r for r in runs}
-    keep: set[str] = set()
-    todo = [r.name for r in runs if fnmatch.fnmatch(r.name, pattern)]
-    while todo:
-        name = todo.pop()
-        if name not in keep and name in by_name:
-            keep.add(name)
-            todo.extend(by_name[name].needs)
-    return [r for r in runs if r.name in keep]
 
 
 def fashion_available() -> bool:
@@ -115,27 +99,36 @@ def fashion_available() -> bool:
 
 
 class StudyRunner:
-    """Executes runs of one profile; see the module docstring for the record semantics.
+    """Executes (or, with ``dry_run``, inspects) the runs of one profile.
 
     Args:
-        force: execute even runs with a success record.
+        force: execute even runs whose record is current.
+        dry_run: execute nothing; every outcome is the run's state from its record.
         executor: how a notebook is executed (papermill; tests pass a fake).
         echo: receives the progress lines.
+        results_dir, work_dir: override the profile's folders (e.g. a scratch copy of a study
+            whose shipped records must stay untouched).
     """
 
-    def __init__(self, profile: StudyProfile, *, force: bool = False,
+    def __init__(self, profile: StudyProfile, *, force: bool = False, dry_run: bool = False,
                  executor: Executor | None = None, echo: Callable[[str], None] = print,
-                 notebooks_dir: Path = NOTEBOOKS_DIR) -> None:
+                 notebooks_dir: Path = NOTEBOOKS_DIR, results_dir: str | Path | None = None,
+                 work_dir: str | Path | None = None) -> None:
         self.profile = profile
-        self.force = force
+        self.force = force and not dry_run
+        self.dry_run = dry_run
         self.executor = executor or papermill_executor
         self.echo = echo
         self.notebooks_dir = Path(notebooks_dir)
         self.cwd = Path.cwd()
-        self.results_dir = (self.cwd / profile.results_dir).resolve()
-        self.work_dir = (self.cwd / profile.work_dir).resolve()
+        self.results_dir = (self.cwd / (results_dir or profile.results_dir)).resolve()
+        if work_dir is None and results_dir is not None:
+            work_dir = Path(results_dir) / "work"
+        self.work_dir = (self.cwd / (work_dir or profile.work_dir)).resolve()
         self.summary = StudySummary(profile.name)
         self.use_fallback = bool(profile.data_fallback) and not fashion_available()
+        self.data_source = "shapes" if self.use_fallback else "fashion"
+        self.winners: dict[str, tuple[float, float, float] | None] = {}
         self._total = 0
         self._expected = 0
 
@@ -156,30 +149,65 @@ class StudyRunner:
                       else [])
         return params
 
-    def _cached(self, run: Run, params: dict[str, Any]) -> bool:
+    def _fingerprint(self, run: Run, params: dict[str, Any]) -> dict[str, Any]:
+        source = self.profile.inits.get(params.get("init") or "")
+        upstream = self.record_of(source.pretrain_run) if source and source.pretrain_run else None
+        return fingerprint(params, repo_root=REPO_ROOT, data_source=self.data_source,
+                           upstream=upstream)
+
+    def _tuned(self, run: Run) -> Run | str:
+        """``run`` with its sweep winner's lr / wd / dp, or why it cannot run."""
+        if run.tuned_by is None:
+            return run
+        init = run.parameters["init"]
+        node = sweep_node(run.tuned_by, init)
+        if node not in self.winners:
+            self.winners[node] = self._replay_sweep(run.tuned_by, init)
+        best = self.winners[node]
+        if best is None:
+            return f"its sweep {node} has no successful run (run --stage of the sweep first)"
+        won = dict(zip(("lr", "weight_decay", "drop_path"), best))
+        # e.g. the paper's ViT-L takes ViT-B's lr and wd but its own drop path
+        keys = run.parameters.get("tuned_keys") or list(won)
+        return Run(run.name, run.notebook, {**run.parameters, **{k: won[k] for k in keys}},
+                   run.needs, run.serves, run.stage, run.tuned_by)
+
+    def _state(self, run: Run, params: dict[str, Any]) -> tuple[str, str]:
+        """``(status, why)`` of ``run``'s record against its current fingerprint."""
         old = self.record_of(run.name)
-        if self.force or not rec.is_success(old):
-            return False
-        stored = old.get("parameters", {})
-        keys = set(run.parameters)  # what the profile decides; paths and flags may differ
-        return all(jsonable(params[k]) == stored.get(k) for k in keys)
+        if old is None:
+            return NO_RUN, ""
+        if old.get("status") != rec.SUCCESS:
+            return old.get("status", rec.FAILED), old.get("reason") or _last_line(
+                old.get("error", ""))
+        reasons = stale_reasons(old.get("fingerprint"), self._fingerprint(run, params))
+        return (STALE, "; ".join(reasons)) if reasons else (rec.SUCCESS, "")
 
     def execute(self, run: Run) -> Outcome:
         self._total += 1
         prefix = f"[{self._total}/{self._expected}]" if self._expected else f"[{self._total}]"
-        params = self._parameters(run)
+        tuned = self._tuned(run)
         path = rec.record_path(self.results_dir, run.name)
-        if self._cached(run, params):
-            outcome = Outcome(run.name, "cached")
+        if isinstance(tuned, str):
+            if self.dry_run:  # the sweep has not decided yet: this run cannot be current
+                old = self.record_of(run.name) or {}
+                status = STALE if old.get("status") == rec.SUCCESS else old.get("status", NO_RUN)
+                return self._add(Outcome(run.name, status, message=tuned,
+                                         parameters=self._parameters(run)))
+            return self._skip(run, self._parameters(run), tuned, prefix)
+        run = tuned
+        params = self._parameters(run)
+        state, why = self._state(run, params)
+        if self.dry_run:
+            return self._add(Outcome(run.name, state, message=why, parameters=params))
+        if state == rec.SUCCESS and not self.force:
             self.echo(f"{prefix} {run.name}: done before, skipped")
-            return self._add(outcome)
-        bad = [n for n in run.needs if not rec.is_success(self.record_of(n))]
+            return self._add(Outcome(run.name, "cached"))
+        bad = [n for n in run.needs if not self._succeeded(n)]
         if bad:
-            msg = f"needs {bad}, which did not succeed"
-            rec.write_json_atomic(path, rec.make_record(run.name, rec.SKIPPED, parameters=params,
-                                                        reason=msg, notebook=run.notebook))
-            self.echo(f"{prefix} {run.name}: skipped ({msg})")
-            return self._add(Outcome(run.name, rec.SKIPPED, message=msg))
+            return self._skip(run, params, f"needs {bad}, which did not succeed", prefix)
+        if state == STALE:
+            self.echo(f"{prefix} {run.name}: stale ({why}), running again")
         path.unlink(missing_ok=True)  # a stale record must not pass for this run's
         if self.force:
             shutil.rmtree(self.work_dir / run.name, ignore_errors=True)
@@ -193,17 +221,32 @@ class StudyRunner:
         except Exception:  # noqa: BLE001 - any failure of one run is recorded, not raised
             error = traceback.format_exc()
         seconds = time.perf_counter() - start
-        if error is None and not rec.is_success(rec.read_record(path)):
+        record = rec.read_record(path)
+        if error is None and not rec.is_success(record):
             error = f"{notebook.name} finished without writing a success record to {path}"
+        fp = self._fingerprint(run, params)
         if error is not None:
             rec.write_json_atomic(path, rec.make_record(
                 run.name, rec.FAILED, parameters=params, error=error, notebook=run.notebook,
-                executed_notebook=str(output), timings={"wall_s": seconds}))
-            last = error.strip().splitlines()[-1][:200]
+                executed_notebook=str(output), timings={"wall_s": seconds}, fingerprint=fp))
+            last = _last_line(error)
             self.echo(f"{prefix} {run.name}: FAILED after {seconds:.1f} s: {last}")
             return self._add(Outcome(run.name, rec.FAILED, seconds, last))
+        rec.write_json_atomic(path, {**record, "fingerprint": fp})
         self.echo(f"{prefix} {run.name}: ok ({seconds:.1f} s)")
         return self._add(Outcome(run.name, rec.SUCCESS, seconds))
+
+    def _succeeded(self, name: str) -> bool:
+        if name in self.winners:  # a sweep node
+            return self.winners[name] is not None
+        return rec.is_success(self.record_of(name))
+
+    def _skip(self, run: Run, params: dict[str, Any], why: str, prefix: str) -> Outcome:
+        if not self.dry_run:
+            rec.write_json_atomic(rec.record_path(self.results_dir, run.name), rec.make_record(
+                run.name, rec.SKIPPED, parameters=params, reason=why, notebook=run.notebook))
+            self.echo(f"{prefix} {run.name}: skipped ({why})")
+        return self._add(Outcome(run.name, rec.SKIPPED, message=why, parameters=params))
 
     def _add(self, outcome: Outcome) -> Outcome:
         self.summary.outcomes.append(outcome)
@@ -211,104 +254,113 @@ class StudyRunner:
 
     # ------------------------------------------------------------------ sweeps
 
-    def sweep_grid_run(self, sweep: SweepConfig, init: str, lr: float, wd: float) -> Run:
-        params = {**sweep.parameters, "lr": lr, "weight_decay": wd, "drop_path": 0.0,
-                  "stage": "grid", "sweep": sweep.name}
-        return make_run(self.profile, f"{sweep.name}-{init}-lr{lr:.3g}-wd{wd:.3g}", "finetune",
-                        params, init=init, size=sweep.size, serves=("HP",))
+    def _val_ap(self, name: str) -> float | None:
+        r = self.record_of(name)
+        return rec.finite((r.get("metrics") or {}).get(SELECTION_METRIC)) \
+            if rec.is_success(r) else None
 
-    def sweep_dp_run(self, sweep: SweepConfig, init: str, lr: float, wd: float, dp: float
-                     ) -> Run:
-        params = {**sweep.parameters, "lr": lr, "weight_decay": wd, "drop_path": dp,
-                  "stage": "drop_path", "sweep": sweep.name}
-        params["overrides"] = [*(params.get("overrides") or []), *sweep.drop_path_overrides]
-        return make_run(self.profile, f"{sweep.name}-{init}-dp{dp:g}", "finetune", params,
-                        init=init, size=sweep.size, serves=("HP",))
+    def run_sweep(self, node: SweepNode) -> None:
+        def execute(run: Run) -> float | None:
+            status = self.execute(run).status
+            # a dry run follows the recorded results, stale ones too, to show what depends on
+            # them; a real run only follows results that are current
+            current = (rec.SUCCESS, "cached", STALE) if self.dry_run else (rec.SUCCESS, "cached")
+            return self._val_ap(run.name) if status in current else None
 
-    def _ap(self, run: Run) -> float | None:
-        r = self.record_of(run.name)
-        return rec.finite(r.get("metrics", {}).get("bbox/AP")) if rec.is_success(r) else None
+        bad = [n for n in node.needs if not self._succeeded(n)]
+        if bad and not self.dry_run:
+            self.echo(f"{node.name}: skipped (needs {bad}, which did not succeed)")
+            self.winners[node.name] = None
+            return
+        self.winners[node.name] = walk_sweep(self.profile, node.sweep, node.init, execute,
+                                             self.echo)
 
-    def run_sweep(self, sweep: SweepConfig, init: str) -> None:
-        lrs, wds = sorted(sweep.lr), sorted(sweep.weight_decay)
-        ap: dict[tuple[float, float], float | None] = {}
-        for widening in range(sweep.max_widenings + 1):
-            for lr in lrs:
-                for wd in wds:
-                    if (lr, wd) not in ap:
-                        run = self.sweep_grid_run(sweep, init, lr, wd)
-                        self.execute(run)
-                        ap[(lr, wd)] = self._ap(run)
-            wider = widen_grid(ap, lrs, wds, sweep.factor)
-            if wider is None:
-                break
-            if widening == sweep.max_widenings:
-                self.echo(f"{sweep.name}-{init}: best on the border, but max_widenings="
-                          f"{sweep.max_widenings} reached")
-                break
-            lrs, wds = wider
-            self.echo(f"{sweep.name}-{init}: best on the border, widening to lr {lrs} x wd {wds}")
-        best = best_point(ap)
-        for dp in sweep.drop_path:
-            if best is None:
-                run = self.sweep_dp_run(sweep, init, float("nan"), float("nan"), dp)
-                run = Run(run.name, run.notebook, run.parameters,
-                          needs=tuple(self.sweep_grid_run(sweep, init, lr, wd).name
-                                      for lr in lrs for wd in wds), serves=run.serves)
-            else:
-                run = self.sweep_dp_run(sweep, init, *best, dp)
-            self.execute(run)
+    def _replay_sweep(self, sweep_name: str, init: str) -> tuple[float, float, float] | None:
+        """A sweep's winner from its records alone (nothing executed, nothing counted)."""
+        sweep = find_sweep(self.profile, sweep_name, init)
+
+        def read(run: Run) -> float | None:
+            return self._val_ap(run.name)
+
+        return walk_sweep(self.profile, sweep, init, read, echo=lambda _: None)
 
     # ------------------------------------------------------------------ all
 
-    def run(self, only: str | None = None) -> StudySummary:
+    def run(self, only: str | None = None, stage: str | None = None) -> StudySummary:
         start = time.perf_counter()
-        if bool(self.profile.data_fallback) and self.use_fallback:
+        if self.use_fallback and not self.dry_run:
             self.echo("note: Fashion-MNIST is not installed (set VITDET_FASHION_MNIST_DIR or "
                       "install dataset-fashion-mnist); using the procedural shape scenes")
-        sweeps = [(s, i) for s in self.profile.sweeps for i in s.inits
-                  if not only or fnmatch.fnmatch(f"{s.name}-{i}", only)
-                  or fnmatch.fnmatch(f"{s.name}-{i}-x", only)]
-        all_runs = expand_runs(self.profile)
-        chosen = {r.name for r in select(all_runs, only)}
-        for sweep, init in sweeps:  # a selected sweep brings its pre-training run along
-            needs = self.sweep_grid_run(sweep, init, 1.0, 1.0).needs
-            for need in needs:
-                chosen |= {r.name for r in select(all_runs, need)}
-        runs = topological_order([r for r in all_runs if r.name in chosen])
-        grid = sum(len(s.lr) * len(s.weight_decay) + len(s.drop_path) for s, _ in sweeps)
-        self._expected = len(runs) + grid  # grows when a sweep widens
-        # the pre-training runs a sweep needs are among ``runs`` (or selected with them)
-        for run in runs:
-            self.execute(run)
-        for sweep, init in sweeps:
-            self.run_sweep(sweep, init)
+        nodes = select(study_nodes(self.profile), only, stage)
+        if stage and not nodes:
+            stages = sorted({n.stage for n in study_nodes(self.profile) if n.stage})
+            raise ConfigError(f"profile {self.profile.name} has no stage {stage!r} "
+                              f"(stages: {stages})")
+        self._expected = sum(len(n.sweep.lr) * len(n.sweep.weight_decay) + len(n.sweep.drop_path)
+                             if isinstance(n, SweepNode) else 1 for n in nodes)
+        for node in nodes:
+            if isinstance(node, SweepNode):
+                self.run_sweep(node)
+            else:
+                self.execute(node)
         self.summary.wall_s = time.perf_counter() - start
-        rec.write_json_atomic(self.results_dir / "summary.json", {
-            "profile": self.profile.name, "wall_s": self.summary.wall_s,
-            "outcomes": [o.__dict__ for o in self.summary.outcomes],
-            "provenance": rec.provenance()})
-        self.echo(self.summary.text())
+        if not self.dry_run:
+            self._write_summary()
+            self.echo(self.summary.text())
         return self.summary
 
+    def _write_summary(self) -> None:
+        """Merge this invocation's outcomes into ``summary.json`` (a partial run, e.g.
+        ``--only`` or ``--stage``, keeps the other runs' entries)."""
+        path = self.results_dir / "summary.json"
+        old = rec.read_record(path) or {}
+        merged = {o["run"]: o for o in old.get("outcomes", []) if isinstance(o, dict)}
+        merged.update({o.run: o.summary() for o in self.summary.outcomes})
+        invocations = [*old.get("invocations", []),
+                       {"wall_s": self.summary.wall_s, "runs": len(self.summary.outcomes),
+                        "provenance": rec.provenance()}]
+        rec.write_json_atomic(path, {"profile": self.profile.name,
+                                     "outcomes": list(merged.values()),
+                                     "invocations": invocations[-50:]})
 
-def run_study(profile: StudyProfile, *, only: str | None = None, force: bool = False,
-              executor: Executor | None = None, echo: Callable[[str], None] = print
+
+def _last_line(text: str) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1][:200] if lines else ""
+
+
+def run_study(profile: StudyProfile, *, only: str | None = None, stage: str | None = None,
+              force: bool = False, executor: Executor | None = None,
+              echo: Callable[[str], None] = print, results_dir: str | Path | None = None
               ) -> StudySummary:
-    return StudyRunner(profile, force=force, executor=executor, echo=echo).run(only)
+    return StudyRunner(profile, force=force, executor=executor, echo=echo,
+                       results_dir=results_dir).run(only, stage)
+
+
+def study_state(profile: StudyProfile, results_dir: str | Path | None = None
+                ) -> dict[str, Outcome]:
+    """Every run of the profile (sweep runs as far as their records decide them) with its
+    state: success (current), stale, failed, skipped, no run."""
+    summary = StudyRunner(profile, dry_run=True, echo=lambda _: None,
+                          results_dir=results_dir).run()
+    return {o.run: o for o in summary.outcomes}
 
 
 def run_report(profile: StudyProfile, *, executor: Executor | None = None,
-               echo: Callable[[str], None] = print) -> Path:
-    """Render the aggregating notebook(s) into ``<results_dir>/report/``."""
+               echo: Callable[[str], None] = print, results_dir: str | Path | None = None,
+               add_inits: tuple[str, ...] | list[str] = (), add_init_all: bool = False
+               ) -> Path:
+    """Render the aggregating notebook into ``<results_dir>/report/``; ``add_inits``: the
+    ``--add-init`` specs of the study (``add_init.py``), so their runs count as the profile's."""
     executor = executor or papermill_executor
     cwd = Path.cwd()
-    results_dir = (cwd / profile.results_dir).resolve()
-    out = results_dir / "report"
+    results = (cwd / (results_dir or profile.results_dir)).resolve()
+    out = results / "report"
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     executor(NOTEBOOKS_DIR / "report.ipynb", out / "report.ipynb",
-             {"profile": profile.name, "results_dir": str(results_dir), "out_dir": str(out),
-              "note": profile.note}, cwd)
+             {"profile": profile.name, "results_dir": str(results), "out_dir": str(out),
+              "note": profile.note, "add_inits": list(add_inits), "add_init_all": add_init_all},
+             cwd)
     echo(f"report of {profile.name} rendered into {out} ({time.perf_counter() - start:.1f} s)")
     return out

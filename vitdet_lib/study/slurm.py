@@ -1,10 +1,10 @@
 """Study runs as SLURM jobs through ``submitit`` (``launcher: {kind: slurm, ...}``).
 
-Each run of the profile becomes one job that executes the run's notebook exactly as
-``study run`` does locally (``StudyRunner.execute``: same records, same skip / force / failure
-semantics). Jobs are submitted in waves: a run is submitted once every run it needs has
-finished, so a wave is the set of runs whose needs lie in earlier waves. Each tuning sweep
-(its grid depends on results) runs as one job of its own after the static runs.
+Each node of the study graph (``graph.study_nodes``: a run, or one init's tuning sweep, whose
+grid depends on results) becomes one job that executes it exactly as ``study run`` does locally
+(``StudyRunner.execute`` / ``run_sweep``: same records, fingerprints, skip / force / failure
+semantics). Jobs are submitted in waves: a node is submitted once every node it needs has
+finished, so a wave is the set of nodes whose needs lie in earlier waves.
 
 Preemption and time limits: the job is a ``submitit.helpers.Checkpointable``; when SLURM
 signals it, ``checkpoint()`` requeues the same run without ``--force``, and the training
@@ -19,7 +19,6 @@ for fine-tuning runs). Pre-training and measurement runs get a single node.
 from __future__ import annotations
 
 import copy
-import fnmatch
 import os
 import socket
 import subprocess
@@ -31,8 +30,9 @@ from typing import Any
 from vitdet_lib.io import read_json, write_json_atomic
 
 from . import records as rec
-from .profile import LauncherConfig, LauncherKind, Run, StudyProfile, SweepConfig, expand_runs
-from .runner import Executor, Outcome, StudyRunner, StudySummary, select, topological_order
+from .graph import Node, SweepNode, select, study_nodes
+from .profile import LauncherConfig, LauncherKind, Run, StudyProfile
+from .runner import Executor, Outcome, StudyRunner, StudySummary
 
 STATE_NAME = "slurm_jobs.json"
 ACTIVE_STATES = ("RUNNING", "PENDING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
@@ -67,22 +67,23 @@ except ModuleNotFoundError:  # pragma: no cover - exercised only without the ext
 
 
 class StudyRunJob(_Checkpointable):
-    """One run (or one sweep of one init) executed inside a job.
+    """One node of the study graph (a run, or one init's tuning sweep) executed in a job.
 
     Args:
-        profile: the profile (with any added inits), launcher replaced inside the job.
-        run: the run; None with ``sweep`` set for a tuning sweep.
-        sweep, init: the sweep and init for a sweep job.
+        profile: the profile (with any added inits); its launcher is replaced inside the job.
+        node: the run or sweep node.
         cwd: the study's working directory (relative params paths resolve against it).
         force: re-execute a finished run; a requeued job never forces (it resumes).
         executor: the notebook executor (papermill; tests pass a fast fake).
+        results_dir: ``study run --results-dir``.
+        requeue: requeue on preemption / time limit.
     """
 
-    def __init__(self, profile: StudyProfile, run: Run | None, cwd: str, *, force: bool = False,
-                 executor: Executor | None = None, sweep: SweepConfig | None = None,
-                 init: str | None = None, requeue: bool = True) -> None:
-        self.profile, self.run, self.cwd, self.force = profile, run, cwd, force
-        self.executor, self.sweep, self.init, self.requeue = executor, sweep, init, requeue
+    def __init__(self, profile: StudyProfile, node: Node, cwd: str, *, force: bool = False,
+                 executor: Executor | None = None, results_dir: str | None = None,
+                 requeue: bool = True) -> None:
+        self.profile, self.node, self.cwd, self.force = profile, node, cwd, force
+        self.executor, self.results_dir, self.requeue = executor, results_dir, requeue
         self.attempt = 0
 
     def __call__(self) -> dict[str, Any]:
@@ -92,38 +93,41 @@ class StudyRunJob(_Checkpointable):
         self.attempt += 1
         env = submitit.JobEnvironment()
         nodes = env.num_nodes
-        if self.run is not None and self.run.notebook not in ("finetune",):
+        if isinstance(self.node, Run) and self.node.notebook != "finetune":
             nodes = 1  # only fine-tuning spans nodes (the others run one process)
         profile = copy.deepcopy(self.profile)
         profile.launcher = inner_launcher(self.profile.launcher, nodes, _master_node())
-        if env.node > 0:
-            return self._follow(profile)
         runner = StudyRunner(profile, force=self.force, executor=self.executor,
-                             echo=lambda line: print(line, flush=True))
-        if self.sweep is not None:
-            runner.run_sweep(self.sweep, self.init or "")
-            outcomes = runner.summary.outcomes
-            failed = [o for o in outcomes if o.status == rec.FAILED]
-            return {"run": f"{self.sweep.name}-{self.init}", "attempt": self.attempt,
-                    "status": rec.FAILED if failed else rec.SUCCESS,
-                    "message": "; ".join(o.message for o in failed)}
-        outcome = runner.execute(self.run)
-        return {**outcome.__dict__, "attempt": self.attempt}
+                             echo=lambda line: print(line, flush=True),
+                             results_dir=self.results_dir)
+        if env.node > 0:
+            return self._follow(runner)
+        if isinstance(self.node, SweepNode):
+            runner.run_sweep(self.node)
+            won = runner.winners.get(self.node.name)
+            failed = [o.message for o in runner.summary.outcomes if o.status == rec.FAILED]
+            return {"run": self.node.name, "attempt": self.attempt,
+                    "status": rec.SUCCESS if won is not None else rec.FAILED,
+                    "message": "; ".join(failed) or ("" if won else "no sweep run succeeded")}
+        outcome = runner.execute(self.node)
+        return {**outcome.summary(), "attempt": self.attempt}
 
-    def _follow(self, profile: StudyProfile) -> dict[str, Any]:
+    def _follow(self, runner: StudyRunner) -> dict[str, Any]:
         """Nodes > 0 of a multi-node fine-tuning job: join node 0's torchrun once it has
         written this attempt's ``experiment.yaml``."""
         from .tasks import torchrun_command
 
+        if not isinstance(self.node, Run):
+            return {"run": self.node.name, "status": "follower"}  # sweeps run on node 0
         start = time.time()
-        exp = Path(profile.work_dir).resolve() / self.run.name / "experiment.yaml"
+        exp = runner.work_dir / self.node.name / "experiment.yaml"
         while not (exp.is_file() and exp.stat().st_mtime >= start - 5):
             time.sleep(5)
-        launcher = {"nnodes": profile.launcher.nnodes,
-                    "nproc_per_node": profile.launcher.nproc_per_node,
-                    "rdzv_endpoint": profile.launcher.rdzv_endpoint}
+        lc = runner.profile.launcher
+        launcher = {"nnodes": lc.nnodes, "nproc_per_node": lc.nproc_per_node,
+                    "rdzv_endpoint": lc.rdzv_endpoint}
         subprocess.run(torchrun_command(launcher, ["train", str(exp)]), check=True)
-        return {"run": self.run.name, "status": "follower", "node": socket.gethostname()}
+        return {"run": self.node.name, "status": "follower", "node": socket.gethostname()}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Called by submitit on preemption / time limit: requeue the run to resume."""
@@ -136,33 +140,38 @@ class StudyRunJob(_Checkpointable):
         return DelayedSubmission(again, *args, **kwargs)
 
 
-def _waves(runs: list[Run]) -> list[list[Run]]:
-    """``runs`` (in topological order) grouped so each run's needs lie in earlier groups."""
+def _waves(nodes: list[Node]) -> list[list[Node]]:
+    """``nodes`` (needs first) grouped so each node's needs lie in earlier groups."""
     depth: dict[str, int] = {}
-    for r in runs:
-        depth[r.name] = 1 + max((depth[n] for n in r.needs if n in depth), default=-1)
-    return [[r for r in runs if depth[r.name] == d] for d in range(max(depth.values(), default=-1) + 1)]
+    for n in nodes:
+        depth[n.name] = 1 + max((depth[m] for m in n.needs if m in depth), default=-1)
+    last = max(depth.values(), default=-1)
+    return [[n for n in nodes if depth[n.name] == d] for d in range(last + 1)]
 
 
 class SlurmStudyExecutor:
-    """Submits a profile's runs as jobs (see the module docstring).
+    """Submits a profile's runs and sweeps as jobs (see the module docstring).
 
     Args:
         cluster: submitit's cluster ("slurm"; "local" runs jobs as local processes, which is
             how this is tested; None = submitit's choice).
         folder: submitit's logs and pickles (default ``<work_dir>/slurm``).
         poll_s: seconds between job state checks.
+        results_dir: ``study run --results-dir``.
     """
 
     def __init__(self, profile: StudyProfile, *, force: bool = False,
                  executor: Executor | None = None, cluster: str | None = "slurm",
                  folder: str | Path | None = None, poll_s: float = 10.0,
-                 echo: Callable[[str], None] = print) -> None:
+                 echo: Callable[[str], None] = print,
+                 results_dir: str | Path | None = None) -> None:
         import submitit
 
         self.profile, self.force, self.executor = profile, force, executor
         self.echo, self.poll_s, self.cluster = echo, poll_s, cluster
-        self.local = StudyRunner(profile, force=force, executor=executor, echo=lambda _: None)
+        self.results_dir = str(results_dir) if results_dir else None
+        self.local = StudyRunner(profile, force=force, executor=executor, echo=lambda _: None,
+                                 results_dir=results_dir)
         self.folder = Path(folder or self.local.work_dir / "slurm")
         self.state_path = self.local.results_dir / STATE_NAME
         self.state: dict[str, Any] = read_json(self.state_path) or {}
@@ -191,92 +200,92 @@ class SlurmStudyExecutor:
         cls = submitit.LocalJob if self.cluster == "local" else submitit.SlurmJob
         return cls(folder=self.folder, job_id=job_id)
 
-    def _submit(self, key: str, job: StudyRunJob, nodes: int) -> Any:
-        self.submitit.update_parameters(nodes=nodes, name=f"{self.profile.name}-{key}")
-        submitted = self.submitit.submit(job)
-        entry = self.state.setdefault(key, {"attempts": 0})
+    def _submit(self, node: Node) -> Any:
+        spans = isinstance(node, SweepNode) or node.notebook == "finetune"
+        self.submitit.update_parameters(nodes=self.profile.launcher.nodes if spans else 1,
+                                        name=f"{self.profile.name}-{node.name}")
+        submitted = self.submitit.submit(StudyRunJob(
+            self.profile, node, str(self.local.cwd), force=self.force, executor=self.executor,
+            results_dir=self.results_dir, requeue=self.profile.launcher.requeue))
+        entry = self.state.setdefault(node.name, {"attempts": 0})
         entry.update(job_id=str(submitted.job_id), state="SUBMITTED", submitted=time.time(),
                      outcome=None)
         entry["attempts"] += 1
         self._save()
-        self.echo(f"{key}: submitted job {submitted.job_id}")
+        self.echo(f"{node.name}: submitted job {submitted.job_id}")
         return submitted
 
-    def _reattach(self, key: str) -> Any | None:
-        """The job of an earlier invocation when it is still queued or running."""
-        entry = self.state.get(key)
+    def _reattach(self, name: str) -> Any | None:
+        """The job of an earlier invocation when it is still queued or running (or, locally,
+        finished with a result not yet collected)."""
+        entry = self.state.get(name)
         if not entry or not entry.get("job_id") or entry.get("outcome"):
             return None
         job = self._job(entry["job_id"])
         state = str(job.state).upper()
         if state in ACTIVE_STATES or (self.cluster == "local" and state == "FINISHED"):
-            self.echo(f"{key}: collecting job {entry['job_id']} from an earlier invocation")
+            self.echo(f"{name}: collecting job {entry['job_id']} from an earlier invocation")
             return job
         return None
 
-    def _collect(self, key: str, job: Any, run: Run | None) -> Outcome:
+    def _collect(self, node: Node, job: Any) -> Outcome:
         while not job.done():
             time.sleep(self.poll_s)
-        entry = self.state.setdefault(key, {"attempts": 1})
+        entry = self.state.setdefault(node.name, {"attempts": 1})
         try:
             result = job.result()
-            outcome = Outcome(key, result["status"], result.get("seconds", 0.0),
+            outcome = Outcome(node.name, result["status"], result.get("seconds", 0.0),
                               result.get("message", ""))
         except Exception as err:  # noqa: BLE001 - a lost job (killed, node failure) is a failure
             message = f"job {job.job_id} ended without a result: {str(err).strip()[-500:]}"
-            if run is not None and not rec.is_success(self.local.record_of(run.name)):
-                rec.write_json_atomic(rec.record_path(self.local.results_dir, run.name),
-                                      rec.make_record(run.name, rec.FAILED, error=message,
-                                                      parameters=self.local._parameters(run),
-                                                      notebook=run.notebook))
-            outcome = Outcome(key, rec.FAILED, message=message.splitlines()[-1][:200])
+            if isinstance(node, Run) and not rec.is_success(self.local.record_of(node.name)):
+                rec.write_json_atomic(rec.record_path(self.local.results_dir, node.name),
+                                      rec.make_record(node.name, rec.FAILED, error=message,
+                                                      parameters=self.local._parameters(node),
+                                                      notebook=node.notebook))
+            outcome = Outcome(node.name, rec.FAILED, message=message.splitlines()[-1][:200])
+        if isinstance(node, SweepNode):  # later runs tuned by it read its winner
+            self.local.winners.pop(node.name, None)
         entry.update(state=str(job.state), outcome=outcome.status)
         self._save()
-        self.echo(f"{key}: {outcome.status} (job {job.job_id})")
+        self.echo(f"{node.name}: {outcome.status} (job {job.job_id})")
         return outcome
 
-    def _pre_check(self, run: Run) -> Outcome | None:
-        """The runner's semantics decided here, before a job is spent on them."""
-        if self.local._cached(run, self.local._parameters(run)):
-            return Outcome(run.name, "cached")
-        bad = [n for n in run.needs if not rec.is_success(self.local.record_of(n))]
-        if bad:
-            return self.local.execute(run)  # writes the skipped record, starts nothing
-        return None
+    def _pre_check(self, node: Node, sweeps: dict[str, SweepNode]) -> Outcome | None:
+        """The runner's semantics decided here, before a job is spent: a current record is
+        reused, a node whose needs did not succeed is skipped (the runner writes the record)."""
+        for need in node.needs:  # a sweep's winner, replayed from its records
+            if need in sweeps and need not in self.local.winners:
+                n = sweeps[need]
+                self.local.winners[need] = self.local._replay_sweep(n.sweep.name, n.init)
+        bad = [n for n in node.needs if not self.local._succeeded(n)]
+        if isinstance(node, SweepNode):
+            return Outcome(node.name, rec.SKIPPED, message=f"needs {bad}") if bad else None
+        if not self.force:
+            state = StudyRunner(self.profile, dry_run=True, echo=lambda _: None,
+                                results_dir=self.results_dir).execute(node)
+            if state.status == rec.SUCCESS:
+                return Outcome(node.name, "cached")
+        return self.local.execute(node) if bad else None  # execute only writes the skip
 
-    def run(self, only: str | None = None) -> StudySummary:
+    def run(self, only: str | None = None, stage: str | None = None) -> StudySummary:
         start = time.perf_counter()
         summary = StudySummary(self.profile.name)
-        runs = topological_order(select(expand_runs(self.profile), only))
-        requeue = self.profile.launcher.requeue
-        for wave in _waves(runs):
-            jobs: list[tuple[str, Any, Run]] = []
-            for run in wave:
-                job = self._reattach(run.name)
+        nodes = select(study_nodes(self.profile), only, stage)
+        sweeps = {n.name: n for n in study_nodes(self.profile) if isinstance(n, SweepNode)}
+        for wave in _waves(nodes):
+            jobs: list[tuple[Node, Any]] = []
+            for node in wave:
+                job = self._reattach(node.name)
                 if job is None:
-                    done = self._pre_check(run)
+                    done = self._pre_check(node, sweeps)
                     if done is not None:
                         summary.outcomes.append(done)
-                        self.echo(f"{run.name}: {done.status}")
+                        self.echo(f"{node.name}: {done.status}")
                         continue
-                    nodes = self.profile.launcher.nodes if run.notebook == "finetune" else 1
-                    job = self._submit(run.name, StudyRunJob(
-                        self.profile, run, str(self.local.cwd), force=self.force,
-                        executor=self.executor, requeue=requeue), nodes)
-                jobs.append((run.name, job, run))
-            summary.outcomes += [self._collect(k, j, r) for k, j, r in jobs]
-        sweep_jobs = []
-        for sweep in self.profile.sweeps:
-            for init in sweep.inits:
-                key = f"{sweep.name}-{init}"
-                if only and not fnmatch.fnmatch(key, only):
-                    continue
-                job = self._reattach(key) or self._submit(key, StudyRunJob(
-                    self.profile, None, str(self.local.cwd), force=self.force,
-                    executor=self.executor, sweep=sweep, init=init, requeue=requeue),
-                    self.profile.launcher.nodes)
-                sweep_jobs.append((key, job))
-        summary.outcomes += [self._collect(k, j, None) for k, j in sweep_jobs]
+                    job = self._submit(node)
+                jobs.append((node, job))
+            summary.outcomes += [self._collect(node, job) for node, job in jobs]
         summary.wall_s = time.perf_counter() - start
         self.echo(summary.text())
         return summary

@@ -1,9 +1,14 @@
-"""The tuning protocol's grid (PAPER.md "Tuning protocol"): lr x wd, widened while the best
-value lies on the grid's border, then drop path at the best (lr, wd)."""
+"""The tuning protocol (docs/paper.md, "Tuning protocol"): an lr x wd grid at drop path 0,
+widened while the best value lies on the grid's border, then drop path at the best (lr, wd).
+Every choice is made on the validation split (``bbox/AP``), never on the test split."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+from .profile import Run, StudyProfile, SweepConfig, make_run
+
+SELECTION_METRIC = "bbox/AP"  # validation-split APbox: what every selection maximises
 
 
 def _widen_axis(values: Sequence[float], best: float, factor: float) -> list[float]:
@@ -21,15 +26,15 @@ def _widen_axis(values: Sequence[float], best: float, factor: float) -> list[flo
     return values
 
 
-def best_point(ap: Mapping[tuple[float, float], float]) -> tuple[float, float] | None:
-    """The (lr, wd) of the highest finite AP; None when no point has one."""
+def best_point(ap: Mapping[tuple[float, ...], float | None]) -> tuple[float, ...] | None:
+    """The key of the highest finite AP; None when no point has one. Ties: smaller values."""
     finite = {k: v for k, v in ap.items() if v is not None and math.isfinite(v)}
     if not finite:
         return None
-    return max(finite, key=lambda k: (finite[k], -k[0], -k[1]))  # ties: the smaller values
+    return max(finite, key=lambda k: (finite[k], *(-x for x in k)))
 
 
-def widen_grid(ap: Mapping[tuple[float, float], float], lrs: Sequence[float],
+def widen_grid(ap: Mapping[tuple[float, float], float | None], lrs: Sequence[float],
                wds: Sequence[float], factor: float = 2.0
                ) -> tuple[list[float], list[float]] | None:
     """The next grid when the best (lr, wd) is on the border of ``lrs`` x ``wds``, else None.
@@ -50,3 +55,65 @@ def widen_grid(ap: Mapping[tuple[float, float], float], lrs: Sequence[float],
     if new_lrs == sorted(lrs) and new_wds == sorted(wds):
         return None
     return new_lrs, new_wds
+
+
+# ----------------------------------------------------------------------------- sweep runs
+
+
+def sweep_grid_run(profile: StudyProfile, sweep: SweepConfig, init: str, lr: float, wd: float
+                   ) -> Run:
+    params = {**sweep.parameters, "lr": lr, "weight_decay": wd, "drop_path": 0.0,
+              "stage": "grid", "sweep": sweep.name}
+    return make_run(profile, f"{sweep.name}-{init}-lr{lr:.3g}-wd{wd:.3g}", "finetune", params,
+                    init=init, size=sweep.size, serves=("HP",), stage=sweep.stage)
+
+
+def sweep_dp_run(profile: StudyProfile, sweep: SweepConfig, init: str, lr: float, wd: float,
+                 dp: float) -> Run:
+    params = {**sweep.parameters, "lr": lr, "weight_decay": wd, "drop_path": dp,
+              "stage": "drop_path", "sweep": sweep.name}
+    if sweep.drop_path_epochs is not None:
+        params["epochs"] = sweep.drop_path_epochs
+    params["overrides"] = [*(params.get("overrides") or []), *sweep.drop_path_overrides]
+    return make_run(profile, f"{sweep.name}-{init}-dp{dp:g}", "finetune", params, init=init,
+                    size=sweep.size, serves=("HP",), stage=sweep.stage)
+
+
+def walk_sweep(profile: StudyProfile, sweep: SweepConfig, init: str,
+               execute: Callable[[Run], float | None], echo: Callable[[str], None] = print
+               ) -> tuple[float, float, float] | None:
+    """Run (or, with a replaying ``execute``, retrace) one init's sweep.
+
+    Args:
+        execute: runs one sweep run (or reads its record) and returns its validation APbox
+            (None when it did not succeed).
+    Returns:
+        The winner ``(lr, weight_decay, drop_path)``, or None when no run succeeded.
+    """
+    lrs, wds = sorted(sweep.lr), sorted(sweep.weight_decay)
+    ap: dict[tuple[float, float], float | None] = {}
+    for widening in range(sweep.max_widenings + 1):
+        for lr in lrs:
+            for wd in wds:
+                if (lr, wd) not in ap:
+                    ap[(lr, wd)] = execute(sweep_grid_run(profile, sweep, init, lr, wd))
+        wider = widen_grid(ap, lrs, wds, sweep.factor)
+        if wider is None:
+            break
+        if widening == sweep.max_widenings:
+            echo(f"{sweep.name}-{init}: best on the border, but max_widenings="
+                 f"{sweep.max_widenings} reached")
+            break
+        lrs, wds = wider
+        echo(f"{sweep.name}-{init}: best on the border, widening to lr {lrs} x wd {wds}")
+    best = best_point(ap)
+    if best is None:
+        echo(f"{sweep.name}-{init}: no grid run succeeded; drop-path stage skipped")
+        return None
+    lr, wd = best
+    if not sweep.drop_path:
+        return lr, wd, 0.0
+    dp_ap = {(dp,): execute(sweep_dp_run(profile, sweep, init, lr, wd, dp))
+             for dp in sweep.drop_path}
+    dp_best = best_point(dp_ap)
+    return None if dp_best is None else (lr, wd, dp_best[0])

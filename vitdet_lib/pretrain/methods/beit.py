@@ -3,7 +3,13 @@
 Blockwise masking hides ~40% of the patches, whose embeddings are replaced by ``mask_token``;
 the ViT (no absolute position embeddings; one relative-position bias shared by all blocks;
 ``q_bias/v_bias``; layer scale) predicts each hidden patch's token from a tokenizer trained
-here (``tokenizer.py``) with ``lm_head``.
+here (``tokenizer.py``) with ``lm_head``. Views: BEiT's colour jitter (brightness and contrast
+here: the images are grey), flip and random resized crop, shared by the ViT and the tokenizer.
+
+``beit.position: abs`` pre-trains with learned absolute embeddings (``pos_embed``
+[1, 1+N, C], BEiT's ``use_abs_pos_emb``) instead of the relative bias, and ``both`` with both:
+the paper's Table 4 row of a BEiT pre-trained with absolute embeddings. The BEiT reader in
+``vitdet_lib.checkpoint`` transfers that ``pos_embed`` (``init.abs_pos_init: pretrained``).
 
 Official layout: ``{"model": {cls_token, mask_token, patch_embed.proj.*,
 rel_pos_bias.relative_position_bias_table [(2g-1)^2 + 3, heads],
@@ -22,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...engine.distributed import barrier
-from ..augment import crop_flip_matrix, normalize, warp
-from ..config import PretrainConfig
+from ..augment import brightness_contrast, crop_flip_matrix, normalize, warp
+from ..config import BEiTPosition, PretrainConfig
 from ..encoder import PosEmbedKind, PretrainViT
 from ..masking import blockwise_masks
 from ..tokenizer import DiscreteVAE, load_tokenizer, save_tokenizer, train_tokenizer
@@ -34,8 +40,11 @@ TOKENIZER_FILE = "tokenizer.pth"
 
 class BEiTNet(PretrainViT):
     def __init__(self, cfg: PretrainConfig, vocab_size: int) -> None:
-        super().__init__(cfg.encoder.vit(), pos_embed=PosEmbedKind.NONE, qv_bias=True,
-                         layer_scale_init=cfg.beit.layer_scale_init, shared_rel_pos=True)
+        position = BEiTPosition(cfg.beit.position)
+        pos_embed = PosEmbedKind.NONE if position == BEiTPosition.REL else PosEmbedKind.LEARNED
+        super().__init__(cfg.encoder.vit(), pos_embed=pos_embed, qv_bias=True,
+                         layer_scale_init=cfg.beit.layer_scale_init,
+                         shared_rel_pos=position != BEiTPosition.ABS)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
         self.lm_head = nn.Linear(self.embed_dim, vocab_size)
         self._init_weights()
@@ -52,8 +61,9 @@ class BEiTNet(PretrainViT):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        for t in (self.cls_token, self.mask_token):
-            nn.init.trunc_normal_(t, std=std, a=-std, b=std)
+        for t in (self.cls_token, self.mask_token, self.pos_embed):
+            if t is not None:
+                nn.init.trunc_normal_(t, std=std, a=-std, b=std)
         for layer, blk in enumerate(self.blocks, start=1):
             blk.attn.proj.weight.data.div_(math.sqrt(2.0 * layer))
             blk.mlp.fc2.weight.data.div_(math.sqrt(2.0 * layer))
@@ -115,6 +125,7 @@ class BEiT(PretrainMethod):
             raise RuntimeError("BEiT.prepare() must load or train the tokenizer first")
         b, d = self.cfg.beit, self.cfg.data
         grey = warp(images, crop_flip_matrix(len(images), b.crop_scale), self.img_size)
+        grey = brightness_contrast(grey, b.brightness, b.contrast)
         ids = self.tokenizer.tokenize(grey)  # the same view the ViT sees
         mask = blockwise_masks(len(images), self.net.grid, b.mask_ratio, b.min_block_patches)
         return {"images": normalize(grey, d.pixel_mean, d.pixel_std).to(device),

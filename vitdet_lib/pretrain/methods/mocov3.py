@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import ConfigError
 from ..augment import (
     brightness_contrast,
     crop_flip_matrix,
@@ -116,6 +117,24 @@ class MoCoV3Net(nn.Module):
             pm.mul_(m).add_(pb.detach(), alpha=1 - m)
 
 
+def check_contrastive_batch(batch_size: int, batch_per_device: int, world_size: int) -> None:
+    """Refuse gradient accumulation: one forward pass over all processes must hold the whole
+    ``batch_size`` (the negatives of each query and the BatchNorm batch).
+
+    Raises:
+        ConfigError: naming the keys and the ways out.
+    """
+    per_pass = batch_per_device * world_size
+    if per_pass < batch_size:
+        raise ConfigError(
+            f"mocov3: train.batch_per_device={batch_per_device} x {world_size} process(es) = "
+            f"{per_pass} images per contrastive loss, fewer than train.batch_size={batch_size}: "
+            f"gradient accumulation would shrink MoCo v3's negatives and BatchNorm batches to "
+            f"{per_pass}. Set train.batch_per_device={batch_size // world_size} (memory "
+            f"permitting), run {-(-batch_size // batch_per_device)} processes (torchrun; keys are "
+            f"all_gathered), or lower train.batch_size to {per_pass}.")
+
+
 class MoCoV3(PretrainMethod):
     checkpoint_key = "state_dict"
     checkpoint_prefix = "module."
@@ -133,6 +152,10 @@ class MoCoV3(PretrainMethod):
         return normalize(x, d.pixel_mean, d.pixel_std)
 
     def make_batch(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> Batch:
+        # checked here, on the micro-batch training actually feeds, since the process count is
+        # only known at run time (a checkpoint's config is also loaded by 1-process evaluation)
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        check_contrastive_batch(self.cfg.train.batch_size, len(images), world)
         return {"x1": self._view(images, 0).to(device), "x2": self._view(images, 1).to(device)}
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
