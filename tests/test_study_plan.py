@@ -148,3 +148,30 @@ def test_plan_finds_data_and_checkpoint_faults_together(tmp_path, monkeypatch):
     assert "num_classes=4, but" in text and "has 3 categories" in text
     assert "B/mae.pth does not load as init.kind=mae" in text and "width" in text
     assert len(result.problems) == 3
+
+
+def test_image_check_is_sampled_unless_full(tmp_path, monkeypatch):
+    from vitdet_lib.study import validate
+
+    ann = write_shape_scenes(tmp_path, 9, 32, 0, split="train")
+    (tmp_path / "images" / "train" / "000001.png").unlink()  # not in a 3-image sample (0, 3, 6)
+    monkeypatch.setattr(validate, "SAMPLED_IMAGES", 3)
+    images = str(tmp_path / "images" / "train")
+    info, problems = validate.Validator().coco_split(images, str(ann))
+    assert info.images == 9 and info.checked_files == 3 and not problems
+    info, problems = validate.Validator(full=True).coco_split(images, str(ann))
+    assert info.checked_files == 9 and "000001.png" in problems[0] and "checked all" in problems[0]
+
+
+def test_launcher_devices():
+    from vitdet_lib.study.profile import LauncherConfig, LauncherKind
+    from vitdet_lib.study.validate import Validator
+
+    v = Validator()
+    slurm = LauncherConfig(kind=LauncherKind.SLURM, nodes=2, gpus_per_node=8)
+    assert v.launcher(slurm, "auto") == 16 and not v.problems  # the cluster allocates them
+    assert v.launcher(LauncherConfig(kind=LauncherKind.TORCHRUN), "auto") == 1
+    assert not v.problems
+    if torch.cuda.device_count() < 8:
+        assert v.launcher(LauncherConfig(kind=LauncherKind.TORCHRUN, nproc_per_node=8), "auto") == 8
+        assert "needs 8 CUDA devices" in v.problems.lines()[0]
