@@ -22,7 +22,8 @@ from vitdet_lib.profiling import count_flops, environment, peak_memory, time_cal
 
 def measure_layout(size: str, image_size: int, layout: AttentionLayout, device: torch.device,
                    iters: int, train: bool) -> dict:
-    vit = ViT(vit_config(size, attention=layout, drop_path_rate=0.0), img_size=image_size).to(device)
+    cfg = vit_config(size, attention=layout, drop_path_rate=0.0)
+    vit = ViT(cfg, img_size=image_size).to(device)
     x = torch.randn(1, 3, image_size, image_size, device=device)
     row: dict = {"layout": layout.value}
     vit.eval()
@@ -51,22 +52,26 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = [measure_layout(args.size, args.image_size, layout, device, args.iters, not args.no_train)
+    rows = [measure_layout(args.size, args.image_size, layout, device, args.iters,
+                           not args.no_train)
             for layout in AttentionLayout]
     ref = next(r for r in rows if r["layout"] == "hybrid")
     for r in rows:
-        r["ratios_to_hybrid"] = {k: r[k] / ref[k] for k in r if k.endswith(("_s", "_mb", "_gflops"))}
+        r["ratios_to_hybrid"] = {k: r[k] / ref[k] for k in r
+                                 if k.endswith(("_s", "_mb", "_gflops"))}
     keys = [k for k in rows[0] if k not in ("layout", "ratios_to_hybrid")]
     print(f"ViT-{args.size} backbone at {args.image_size}x{args.image_size}, batch 1, "
           f"{environment()['device']}, {torch.get_num_threads()} threads")
-    print(f"{'layout':<18}" + "".join(f"{k:>16}" for k in keys) + "   (ratio to hybrid)")
+    header = "".join(f"{k:>16}" for k in keys)
+    print(f"{'layout':<18}{header}   (ratio to hybrid)")
     for r in rows:
         cells = "".join(f"{r[k]:>9.2f} ({r['ratios_to_hybrid'][k]:.2f})" for k in keys)
         print(f"{r['layout']:<18}{cells}")
     if args.json:
-        record = {"command": "python benchmarks/backbone_layouts.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)),
-            "size": args.size, "image_size": args.image_size, "env": environment(), "rows": rows}
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                         if v not in (None, False))
+        record = {"command": "python benchmarks/backbone_layouts.py " + flags, "size": args.size,
+                  "image_size": args.image_size, "env": environment(), "rows": rows}
         write_json_atomic(Path(args.json), record)
         print(f"wrote {args.json}")
 

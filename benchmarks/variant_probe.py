@@ -3,10 +3,10 @@
 Plain fp32 eager vs the variant in one process, same weights, interleaved timing rounds; prints
 the ratios (and the compile time), the outputs' largest difference, and the peak memory.
 
-    OMP_NUM_THREADS=2 python benchmarks/variant_probe.py --variant compile --size base --image-size 512 \
-        --train --json results/bench/compile_probe_base_512_hybrid_cpu.json
-    OMP_NUM_THREADS=2 python benchmarks/variant_probe.py --variant bf16 --size base --image-size 1024 \
-        --train --json results/bench/bf16_probe_base_1024_hybrid_cpu.json
+    OMP_NUM_THREADS=2 python benchmarks/variant_probe.py --variant compile --size base \
+        --image-size 512 --train --json results/bench/compile_probe_base_512_hybrid_cpu.json
+    OMP_NUM_THREADS=2 python benchmarks/variant_probe.py --variant bf16 --size base \
+        --image-size 1024 --train --json results/bench/bf16_probe_base_1024_hybrid_cpu.json
 """
 from __future__ import annotations
 
@@ -59,11 +59,11 @@ def main() -> None:
     res: dict = {"variant": args.variant, "size": args.size, "image_size": args.image_size,
                  "layout": args.layout, "mode": args.mode if args.variant == "compile" else None}
 
-    def fwd(m):  # noqa: ANN001, ANN202
+    def fwd(m):
         with torch.no_grad():
             return m.eval()(x)
 
-    def step(m):  # noqa: ANN001, ANN202
+    def step(m):
         m.train()
         sum(o.mean() for o in m(x)).backward()
 
@@ -88,15 +88,17 @@ def main() -> None:
     for kind, fn in kinds:
         eager, comp = [], []
         for _ in range(args.rounds):
-            eager.append(time_call(lambda: fn(model), device, iters=1, warmup=0))
-            comp.append(time_call(lambda: fn(compiled), device, iters=1, warmup=0))
-        res[f"{kind}_eager_s"], res[f"{kind}_variant_s"] = sorted(eager)[len(eager) // 2], sorted(comp)[len(comp) // 2]
+            eager.append(time_call(lambda fn=fn: fn(model), device, iters=1, warmup=0))
+            comp.append(time_call(lambda fn=fn: fn(compiled), device, iters=1, warmup=0))
+        res[f"{kind}_eager_s"] = sorted(eager)[len(eager) // 2]
+        res[f"{kind}_variant_s"] = sorted(comp)[len(comp) // 2]
         res[f"{kind}_variant_over_eager"] = res[f"{kind}_variant_s"] / res[f"{kind}_eager_s"]
         res[f"{kind}_all"] = {"eager": eager, "variant": comp}
     print(json.dumps({k: v for k, v in res.items() if not k.endswith("_all")}, indent=1))
     if args.json:
         write_json_atomic(Path(args.json), {
-            "command": "python benchmarks/variant_probe.py " + " ".join(sys.argv[1:]), "env": environment(),
+            "command": "python benchmarks/variant_probe.py " + " ".join(sys.argv[1:]),
+            "env": environment(),
             "threads": torch.get_num_threads(), "load_avg": list(os.getloadavg()), **res})
         print(f"wrote {args.json}")
 

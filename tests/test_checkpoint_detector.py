@@ -1,6 +1,5 @@
 """Our own checkpoints: a full detector (fine-tuning from a fine-tuned model) and the output of
 ``vitdet-bench convert``, which loads back as ``--kind detector``."""
-import argparse
 import json
 
 import checkpoint_fakes as fakes
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 from vitdet_lib import cli
-from vitdet_lib.checkpoint import InitConfig, commands, initialize_backbone
+from vitdet_lib.checkpoint import InitConfig, initialize_backbone
 from vitdet_lib.config import DetectorConfig, ModelConfig, vit_config
 from vitdet_lib.model import build_detector
 from vitdet_lib.model.pos import resize_abs_pos, resize_rel_table
@@ -58,10 +57,7 @@ def test_detector_to_another_input_size_resizes_position_information():
 
 
 def convert(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    commands.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["convert", *argv])
-    return args.func(args)
+    return cli.main(["convert", *argv])  # errors become exit codes in cli.main only
 
 
 def test_convert_command_writes_backbone_that_loads_back(tmp_path, capsys):

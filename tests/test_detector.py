@@ -90,7 +90,7 @@ def test_vit_b_detector_forward_backward_at_1024_on_cpu():
     cfg = ModelConfig(vit_config("base"), DetectorConfig(num_classes=80, image_size=1024))
     model = build_detector(cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    assert 110e6 < n_params < 125e6  # PAPER.md: ~118.7M (MIMDet)
+    assert 110e6 < n_params < 125e6  # docs/paper.md: ~118.7M (MIMDet)
     start = time.perf_counter()
     losses = model([torch.rand(3, 1024, 1024)], [target(1024)])
     sum(losses.values()).backward()

@@ -92,3 +92,17 @@ def test_bad_references_are_errors():
     p.runs[0].needs = ["nothing"]
     with pytest.raises(ConfigError, match="nothing"):
         expand_runs(p)
+
+
+def test_pretrain_budget_sets_the_epochs_of_the_runs_that_ask_for_it():
+    p = _profile(pretrain_budget={"rule": "equal_compute", "total_seconds": 100.0,
+                                  "num_images": 10, "images_per_s": {"mae": 4.0, "mocov3": 1.0}})
+    p.runs[0].parameters = {"method": "mocov3", "budget": True, "overrides": ["a=1"]}
+    run = {r.name: r for r in expand_runs(p)}["pt-mae"]
+    # 50 s each; mocov3 at 1 img/s over 10 images = 5 epochs
+    assert run.parameters["overrides"] == ["a=1", "train.epochs=5.0"]
+    p.runs[0].parameters = {"method": "mocov3"}
+    assert "overrides" not in {r.name: r for r in expand_runs(p)}["pt-mae"].parameters
+    p.runs[0].parameters = {"method": "beit", "budget": True}
+    with pytest.raises(ConfigError, match="no 'beit'"):
+        expand_runs(p)

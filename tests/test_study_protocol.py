@@ -134,3 +134,19 @@ def test_a_stage_runs_alone_and_needs_earlier_stages(tmp_path):
     fake.calls.clear()
     run_study(profile, executor=fake, stage="final", echo=lambda s: None)
     assert len(fake.calls) == 8 and "other" not in fake.calls
+
+
+def test_results_dir_moves_the_work_dir_and_the_init_checkpoints(tmp_path):
+    seen = {}
+
+    class Spy(Fake):
+        def __call__(self, notebook, output, params, cwd):
+            seen[params["run_name"]] = params
+            super().__call__(notebook, output, params, cwd)
+
+    run_study(_profile(tmp_path), executor=Spy(), results_dir=tmp_path / "scratch",
+              only="ft-mae-ep1-s0", echo=lambda s: None)
+    assert seen["pt-mae"]["work_dir"] == str(tmp_path / "scratch" / "work" / "pt-mae")
+    assert seen["ft-mae-ep1-s0"]["init_checkpoint"] == str(tmp_path / "scratch" / "work" / "pt-mae"
+                                                            / "last.pth")
+    assert not (tmp_path / "results").exists()

@@ -1,4 +1,4 @@
-"""torchvision's compiled ops must load: the CPU-only torch wheel breaks them (DESIGN.md)."""
+"""torchvision's compiled ops must load: the CPU-only torch wheel breaks them (docs/design.md)."""
 import torch
 import torchvision
 from torchvision.ops import nms, roi_align

@@ -91,7 +91,7 @@ def test_shared_biases_are_two_tensors_whatever_the_depth(depth):
 
 def test_layouts_choose_global_blocks():
     assert tiny(depth=12).global_block_indexes == (2, 5, 8, 11)
-    assert vit_config("base").global_block_indexes == (2, 5, 8, 11)  # PAPER.md: ViT-B hybrid
+    assert vit_config("base").global_block_indexes == (2, 5, 8, 11)  # docs/paper.md: ViT-B hybrid
     assert vit_config("large").global_block_indexes == (5, 11, 17, 23)
     assert tiny(attention=AttentionLayout.WINDOW).global_block_indexes == ()
     assert tiny(attention=AttentionLayout.GLOBAL_CHECKPOINT).global_block_indexes == (0, 1, 2, 3)
@@ -147,7 +147,7 @@ def test_global_bias_forms_agree(monkeypatch):
     assert isinstance(vit.attention_masks((8, 6), 2, x.device)[1], GridBias)  # grad enabled
     grad_out = vit(x)
     monkeypatch.setattr(vit_mod, "DENSE_BIAS_MAX_BYTES", 0)
-    vit._mask_cache = None
+    vit.clear_mask_cache()
     with torch.no_grad():
         factored_out = vit(x)
         assert isinstance(vit.attention_masks((8, 6), 2, x.device)[1], GridBias)

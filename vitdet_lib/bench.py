@@ -34,7 +34,8 @@ from .io import write_json_atomic
 from .model.attention import naive_attention
 from .profiling import count_flops, environment, peak_memory, time_call
 
-DEFAULT_OUT = Path("results/bench")
+# untracked (git-ignored): a plain run never overwrites the committed results/bench records
+DEFAULT_OUT = Path("work_dirs/bench")
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s (multiply-add
 # = 2). The FLOP utilisation the issue asks for is achieved FLOP/s over this; the matmul probe
@@ -107,8 +108,8 @@ def _allocate_grads(model: torch.nn.Module) -> None:
 
 def _clear_mask_cache(model: torch.nn.Module) -> None:
     for m in model.modules():
-        if hasattr(m, "_mask_cache"):
-            m._mask_cache = None  # a first inference builds its masks: count them
+        if hasattr(m, "clear_mask_cache"):
+            m.clear_mask_cache()  # a first inference builds its masks: count them
 
 
 def bench_backbone(args: argparse.Namespace, device: torch.device, log: Callable[[str], None]) -> dict:
@@ -232,7 +233,7 @@ def bench_detector(args: argparse.Namespace, device: torch.device, log: Callable
 
 def _bench_detector_layout(args: argparse.Namespace, layout: str, device: torch.device,
                            log: Callable[[str], None]) -> dict:
-    from .complexity import _dummy_target
+    from .complexity import dummy_target
     from .model import build_detector
 
     size = args.detector_image_size
@@ -244,7 +245,7 @@ def _bench_detector_layout(args: argparse.Namespace, layout: str, device: torch.
                            "probe_gflops_s": probe_gflops(device, args.amp, args.probe_size)}
     model.train()
     image = torch.rand(3, size, size, device=device)
-    target = _dummy_target(size, det.num_classes, device)
+    target = dummy_target(size, det.num_classes, device)
 
     def train_step() -> None:
         with autocast(device, args.amp):
@@ -305,6 +306,7 @@ def bench_data(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    vit_config(args.size)  # an unknown size fails here, before minutes of measuring
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -385,5 +387,6 @@ def register(subparsers: Any) -> None:
                    help="device bf16 peak for the utilisation columns (default: data sheet by GPU name)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default=None)
-    p.add_argument("--json", default=None, help=f"output file (default {DEFAULT_OUT}/bench_<size>_<device>.json)")
+    p.add_argument("--json", default=None, help=f"output file (default {DEFAULT_OUT}/bench_<size>_"
+                   f"<device>.json; results/bench/ only when named here)")
     p.set_defaults(func=run, argv=[])

@@ -2,12 +2,17 @@
 
 Each subcommand lives beside the code it drives, in a module exposing
 ``register(subparsers) -> None``; the parser sets ``func`` to call with the parsed args.
+Subcommands raise typed errors (``vitdet_lib.errors``); :func:`main` alone turns them into a
+short message on stderr and an exit code (2 bad input, 1 failed run, 130 interrupted).
+``--debug`` or ``VITDET_DEBUG=1`` re-raises instead, showing the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from vitdet_lib.errors import debug_enabled, describe
 
 # module path of each subcommand group; a module that cannot be imported is an error, not a skip
 COMMAND_MODULES = (
@@ -26,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vitdet-bench",
         description="ViT detection transfer benchmark (Li et al. 2021) reproduction",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also: VITDET_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -39,9 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns its exit code (errors become a message on stderr)."""
     args = build_parser().parse_args(argv)
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except (Exception, KeyboardInterrupt) as err:
+        if args.debug or debug_enabled():
+            raise
+        message, code = describe(err)
+        print(f"{parser_prog(args)}: error: {message}", file=sys.stderr)
+        return code
     return int(result or 0)
+
+
+def parser_prog(args: argparse.Namespace) -> str:
+    """``vitdet-bench <subcommand>``, the prefix of error messages (as argparse's own)."""
+    return f"vitdet-bench {args.command}"
 
 
 if __name__ == "__main__":

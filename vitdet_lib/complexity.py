@@ -51,27 +51,36 @@ def param_breakdown(model: nn.Module) -> dict[str, int]:
                  "adapter": count_params(getattr(bb, "adapter", None)),
                  "fpn_or_neck": count_params(getattr(bb, "fpn", None) or getattr(bb, "neck", None))}
     else:  # torchvision BackboneWithFPN
-        parts = {"backbone": count_params(bb.body), "adapter": 0, "fpn_or_neck": count_params(bb.fpn)}
+        parts = {"backbone": count_params(bb.body), "adapter": 0,
+                 "fpn_or_neck": count_params(bb.fpn)}
     parts["rpn"] = count_params(model.rpn)
     parts["roi_heads"] = count_params(model.roi_heads)
     parts["total"] = count_params(model)
     return parts
 
 
-def _dummy_target(size: int, num_classes: int, device: torch.device) -> dict[str, torch.Tensor]:
+def dummy_target(size: int, num_classes: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A fixed training target for a ``size`` x ``size`` image, for measuring a training step.
+
+    Returns:
+        ``boxes`` [3, 4] (x0, y0, x1, y1 in pixels), ``labels`` [3] (in 1..num_classes) and
+        ``masks`` [3, size, size] (uint8, each box filled), as torchvision's Mask R-CNN takes.
+    """
     masks = torch.zeros(3, size, size, dtype=torch.uint8, device=device)
     boxes = torch.tensor([[0.1, 0.1, 0.4, 0.5], [0.3, 0.2, 0.9, 0.7], [0.6, 0.6, 0.8, 0.95]],
                          device=device) * size
     for m, b in zip(masks, boxes.long()):
         m[b[1]:b[3], b[0]:b[2]] = 1
-    return {"boxes": boxes, "labels": torch.arange(3, device=device) % num_classes + 1, "masks": masks}
+    labels = torch.arange(3, device=device) % num_classes + 1
+    return {"boxes": boxes, "labels": labels, "masks": masks}
 
 
 def measure(model: nn.Module, name: str, image_size: int, attention: str, device: torch.device,
             timing: bool = True, iters: int = 2) -> ComplexityReport:
     """Measure one detector; ``timing=False`` skips the (slow on CPU) timed steps."""
     model = model.to(device)
-    report = ComplexityReport(name, image_size, attention, params=param_breakdown(model), env=environment())
+    report = ComplexityReport(name, image_size, attention, params=param_breakdown(model),
+                              env=environment())
     image = torch.rand(3, image_size, image_size, device=device)
 
     model.eval()
@@ -91,7 +100,7 @@ def measure(model: nn.Module, name: str, image_size: int, attention: str, device
     if timing:
         model.train()
         num_classes = model.roi_heads.box_predictor.cls_score.out_features - 1
-        target = _dummy_target(image_size, num_classes, device)
+        target = dummy_target(image_size, num_classes, device)
 
         def train_step() -> None:
             losses = model([image], [target])
@@ -110,22 +119,32 @@ def vit_detector(size: str, image_size: int, attention: str, num_classes: int = 
     return build_detector(cfg)
 
 
+def _fmt(v: float | None, f: str = "{:.2f}") -> str:
+    return "-" if v is None else f.format(v)
+
+
 def format_table(reports: list[ComplexityReport]) -> str:
+    """The reports as a markdown table (params in millions: backbone / adapter+FPN / heads /
+    total; FLOPs in the torch convention, GMACs in the paper's)."""
     head = ("model", "input", "attention", "params M (bb/adapter+fpn/heads/total)",
-            "bb GFLOPs", "det GFLOPs", "det GMACs", "bb acts M", "train mem MB", "train s/it", "infer s/img")
+            "bb GFLOPs", "det GFLOPs", "det GMACs", "bb acts M", "train mem MB", "train s/it",
+            "infer s/img")
     rows = []
     for r in reports:
         p = r.params
         heads = p["rpn"] + p["roi_heads"]
-        fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
         rows.append((r.model, str(r.image_size), r.attention,
-                     f"{p['backbone'] / 1e6:.1f}/{(p['adapter'] + p['fpn_or_neck']) / 1e6:.1f}/"
-                     f"{heads / 1e6:.1f}/{p['total'] / 1e6:.2f}",
-                     f"{r.backbone_gflops:.0f}", f"{r.detector_gflops:.0f}", f"{r.detector_gmacs:.0f}",
-                     f"{r.backbone_activations_m:.0f}", fmt(r.train_peak_mem_mb, "{:.0f}"),
-                     fmt(r.train_step_s), fmt(r.infer_s_per_img)))
+                     (f"{p['backbone'] / 1e6:.1f}/{(p['adapter'] + p['fpn_or_neck']) / 1e6:.1f}/"
+                      f"{heads / 1e6:.1f}/{p['total'] / 1e6:.2f}"),
+                     f"{r.backbone_gflops:.0f}", f"{r.detector_gflops:.0f}",
+                     f"{r.detector_gmacs:.0f}", f"{r.backbone_activations_m:.0f}",
+                     _fmt(r.train_peak_mem_mb, "{:.0f}"), _fmt(r.train_step_s),
+                     _fmt(r.infer_s_per_img)))
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+
+    def line(cells: tuple[str, ...] | list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -157,13 +176,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("complexity", help="parameters, FLOPs, activations, memory and time of a detector")
-    p.add_argument("--size", nargs="+", default=["base"], help="ViT sizes: tiny small base large mini")
-    p.add_argument("--attention", nargs="+", default=["hybrid"], choices=[a.value for a in AttentionLayout])
+    p = subparsers.add_parser(
+        "complexity", help="parameters, FLOPs, activations, memory and time of a detector")
+    p.add_argument("--size", nargs="+", default=["base"],
+                   help="ViT sizes: tiny small base large mini")
+    p.add_argument("--attention", nargs="+", default=["hybrid"],
+                   choices=[a.value for a in AttentionLayout])
     p.add_argument("--image-size", type=int, default=1024)
     p.add_argument("--num-classes", type=int, default=80)
     p.add_argument("--resnet", action="store_true", help="also measure ResNet-101 FPN Mask R-CNN")
-    p.add_argument("--no-timing", action="store_true", help="counts only (no training/inference timing)")
+    p.add_argument("--no-timing", action="store_true",
+                   help="counts only (no training/inference timing)")
     p.add_argument("--iters", type=int, default=2, help="timed iterations (median)")
     p.add_argument("--device", default=None)
     p.add_argument("--json", default=None, help="write the reports to this JSON file")

@@ -12,13 +12,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitdet_lib.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError, ValueError):
     """A params file or override does not fit the configuration schema."""
 
 
 class AttentionLayout(str, enum.Enum):
-    """Which blocks attend globally (PAPER.md T3)."""
+    """Which blocks attend globally (docs/paper.md, Table 3)."""
 
     WINDOW = "window"  # every block windowed
     HYBRID = "hybrid"  # global at the last block of each quarter of the depth (the paper's default)
@@ -27,7 +29,7 @@ class AttentionLayout(str, enum.Enum):
 
 
 class RelPos(str, enum.Enum):
-    """Relative position biases in attention (PAPER.md T4)."""
+    """Relative position biases in attention (docs/paper.md, Table 4)."""
 
     SHARED = "shared"  # one table for the windowed blocks, one for the global blocks
     NONE = "none"
@@ -85,7 +87,8 @@ class ViTConfig:
     def quarter_end_indexes(self) -> tuple[int, ...]:
         """The last block of each quarter of the depth: multi-scale taps and hybrid's global blocks."""
         if self.depth % 4:
-            raise ConfigError(f"depth={self.depth} must be a multiple of 4 (4 quarters)")
+            raise ConfigError(f"backbone depth={self.depth} (model.backbone.depth) must be a "
+                              f"multiple of 4 (4 quarters)")
         q = self.depth // 4
         return tuple(q * (i + 1) - 1 for i in range(4))
 
@@ -97,7 +100,7 @@ class DetectorConfig:
     Args:
         num_classes: object classes, background excluded.
         image_size: the fixed square input side (train and test; the paper's 1024).
-        multi_scale: the 4-level pyramid (True) or the single 1/16 map (PAPER.md T2).
+        multi_scale: the 4-level pyramid (True) or the single 1/16 map (docs/paper.md, Table 2).
         fpn_channels: width of the FPN outputs and heads.
         norm: normalisation in FPN and heads: "bn", "syncbn" (used automatically when
             distributed), or "none" (torchvision's original heads).
@@ -129,7 +132,8 @@ class ModelConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
 
 
-# ViT sizes of the paper and the miniature study (DESIGN.md). Values are overrides of ViTConfig.
+# ViT sizes of the paper and the miniature study (docs/design.md, "The miniature study").
+# Values are overrides of ViTConfig.
 VIT_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
     "small": dict(embed_dim=384, depth=12, num_heads=6),
@@ -188,7 +192,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if value is None:
             return None
         return _coerce(args[0], value, where) if len(args) == 1 else value
-    if origin is tuple and isinstance(value, (list, tuple)):
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r} (e.g. [{value!r}])")
         args = typing.get_args(tp)
         inner = args[0] if args else Any
         return tuple(_coerce(inner, v, where) for v in value)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,11 +24,13 @@ import torch.distributed as dist
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
 
 from .data.loader import build_loader
 from .io import write_json_atomic
 
 METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+log = logging.getLogger(__name__)
 
 
 def predictions_to_coco(
@@ -201,6 +205,9 @@ def evaluate_model(
     per_image: dict[int, list[dict[str, Any]]] = {}
     has_masks = True
     model_seconds, local_images = 0.0, 0
+    # a progress bar on the main process's terminal only (logs and CI get none)
+    bar = tqdm(total=len(loader), desc="eval", unit="batch", leave=False,
+               disable=not (_rank() == 0 and sys.stderr.isatty()))
     try:
         for images, targets in loader:
             ids = [int(t["image_id"]) for t in targets]
@@ -215,7 +222,9 @@ def evaluate_model(
                 per_image[image_id] = predictions_to_coco(
                     [output], [image_id], dataset.label_to_cat_id, mask_threshold
                 )
+            bar.update(1)
     finally:
+        bar.close()
         model.train(was_training)
     per_image = dict(_gather(list(per_image.items())))
     has_masks = all(_gather([has_masks]))
@@ -228,6 +237,8 @@ def evaluate_model(
         out = Path(output_dir)
         save_coco_results(out / "coco_results.json", results)
         write_json_atomic(out / "metrics.json", metrics, indent=None)
+        log.info("wrote %d detections on %d images to %s", len(results), len(per_image),
+                 out / "coco_results.json")
     return metrics
 
 

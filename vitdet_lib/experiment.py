@@ -21,6 +21,7 @@ import yaml
 
 from vitdet_lib.checkpoint.init import InitConfig, resolve_pos_init
 from vitdet_lib.config import ConfigError, ModelConfig, apply_overrides, from_dict, to_dict
+from vitdet_lib.errors import yaml_errors
 from vitdet_lib.io import write_text_atomic
 
 BASE_KEY = "base"
@@ -42,7 +43,7 @@ def _yaml_load(text: str) -> Any:
 
 
 class AmpMode(str, enum.Enum):
-    """Mixed precision of the forward pass (PAPER.md: "PyTorch AMP")."""
+    """Mixed precision of the forward pass (docs/paper.md, "Training": PyTorch AMP)."""
 
     OFF = "off"
     BF16 = "bf16"  # autocast to bfloat16; no loss scaling needed (CPU or CUDA)
@@ -50,7 +51,7 @@ class AmpMode(str, enum.Enum):
 
 
 class GeneratedKind(str, enum.Enum):
-    """Datasets the library can write itself (DESIGN.md, the miniature study)."""
+    """Datasets the library can write itself (docs/design.md, "The miniature study")."""
 
     SHAPES = "shapes"  # procedural shape scenes: dependency-free, for tests and smoke runs
     FASHION = "fashion"  # scenes composed from Fashion-MNIST test items (the miniature study)
@@ -92,7 +93,7 @@ class DataConfig:
     must be given. Relative paths are relative to the working directory.
 
     Args:
-        scale_range: large-scale jitter range (PAPER.md: [0.1, 2.0]) for training images.
+        scale_range: large-scale jitter range (docs/paper.md: [0.1, 2.0]) for training images.
         cache_dir: where generated datasets are written.
     """
 
@@ -107,7 +108,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The fine-tuning recipe (PAPER.md "Training").
+    """The fine-tuning recipe (docs/paper.md, "Training").
 
     Args:
         lr, weight_decay, betas: AdamW; norms, biases and position tables get no weight decay.
@@ -175,7 +176,7 @@ class ExperimentConfig:
     """Everything one training or evaluation run needs; ``output_dir`` holds its records."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    init: InitConfig = field(default_factory=InitConfig)  # backbone initialisation (PAPER.md's five)
+    init: InitConfig = field(default_factory=InitConfig)  # docs/paper.md's five initialisations
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -226,7 +227,7 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
         hint = f" (base of {chain[-1]})" if chain else ""
         raise ConfigError(f"params file {path} not found{hint}")
-    with open(path) as f:
+    with open(path) as f, yaml_errors(path):
         data = _yaml_load(f.read()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a params file must be a mapping, got {type(data).__name__}")
@@ -238,7 +239,8 @@ def _normalise_override(item: str) -> str:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key.path=value")
     key, raw = item.split("=", 1)
-    return f"{key}={json.dumps(_yaml_load(raw))}"
+    with yaml_errors(f"--set {item}", in_file=False):
+        return f"{key}={json.dumps(_yaml_load(raw))}"
 
 
 def _resolve_bases(data: dict[str, Any], where: str, folder: Path,

@@ -35,7 +35,7 @@ class ActivationCounter(TorchDispatchMode):
         super().__init__()
         self.count = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func in _ACTIVATION_OPS:
             first = tree_flatten(out)[0][0]
@@ -64,7 +64,7 @@ class LiveMemoryTracker(TorchDispatchMode):
         self._seen.discard(key)
         self.current -= nbytes
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
@@ -80,11 +80,12 @@ class LiveMemoryTracker(TorchDispatchMode):
         return out
 
 
-def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:  # noqa: ANN001
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:  # noqa: ANN001
+def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args,
+                             **kwargs) -> int:
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
@@ -125,7 +126,8 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
     return tracker.peak
 
 
-def time_call(fn: Callable[[], Any], device: torch.device, iters: int = 3, warmup: int = 1) -> float:
+def time_call(fn: Callable[[], Any], device: torch.device, iters: int = 3,
+              warmup: int = 1) -> float:
     """Median seconds per call of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()

@@ -6,11 +6,13 @@ runs the same function from the command line.
 """
 from .init import AbsPosInit, InitConfig, InitKind, RelPosInit, resolve_pos_init
 from .layouts import CheckpointLayout, SourceViT, detect_layout, read_state, unwrap_state
-from .load import initialize_backbone, read_checkpoint_file, read_source
+from .load import initialize_backbone, read_source
+from .read import load_model_state, model_state_of, read_checkpoint_file
 from .report import CheckpointError, LoadReport, ShapeChange
 
 __all__ = [
     "AbsPosInit", "CheckpointError", "CheckpointLayout", "InitConfig", "InitKind", "LoadReport",
     "RelPosInit", "ShapeChange", "SourceViT", "detect_layout", "initialize_backbone",
-    "read_checkpoint_file", "read_source", "read_state", "resolve_pos_init", "unwrap_state",
+    "load_model_state", "model_state_of", "read_checkpoint_file", "read_source", "read_state",
+    "resolve_pos_init", "unwrap_state",
 ]

@@ -7,7 +7,6 @@ prints the load report. The output loads back with ``--kind detector``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from ..io import torch_save_atomic, write_text_atomic
 from ..model.vit import ViT
 from .init import AbsPosInit, InitConfig, InitKind, RelPosInit
 from .load import initialize_backbone
-from .report import CheckpointError
+from .read import read_checkpoint_file
 
 # BEiT-B's layer-scale init; any value > 0 gives the model the gammas the checkpoint fills
 _BEIT_LAYER_SCALE = 0.1
@@ -63,15 +62,14 @@ def convert_vit_config(args: argparse.Namespace) -> ViTConfig:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    try:
-        vit = ViT(convert_vit_config(args), img_size=args.img_size)
-        init = InitConfig(kind=InitKind(args.kind), checkpoint=args.checkpoint,
-                          rel_pos_init=RelPosInit(args.rel_pos_init) if args.rel_pos_init else None,
-                          abs_pos_init=AbsPosInit(args.abs_pos_init) if args.abs_pos_init else None)
-        report = initialize_backbone(vit, init)
-    except (CheckpointError, ConfigError) as err:
-        print(f"vitdet-bench convert: error: {err}", file=sys.stderr)
-        return 2
+    # a bad checkpoint or option raises before anything is written; cli.main reports it (exit 2)
+    vit_cfg = convert_vit_config(args)
+    obj = read_checkpoint_file(args.checkpoint)  # before building a large ViT: fail fast
+    vit = ViT(vit_cfg, img_size=args.img_size)
+    init = InitConfig(kind=InitKind(args.kind), checkpoint=args.checkpoint,
+                      rel_pos_init=RelPosInit(args.rel_pos_init) if args.rel_pos_init else None,
+                      abs_pos_init=AbsPosInit(args.abs_pos_init) if args.abs_pos_init else None)
+    report = initialize_backbone(vit, init, checkpoint=obj)
     torch_save_atomic(vit.state_dict(), args.out)
     if args.report_json:
         write_text_atomic(args.report_json, report.to_json())

@@ -1,5 +1,5 @@
 """How the detection backbone is initialised: which pre-training, which file, and the paper's
-positional treatments (PAPER.md, Table 4).
+positional treatments (docs/paper.md, Table 4).
 
 ``InitConfig`` is plain data so an experiment can carry it in its params file; resolving the
 per-init defaults and checking them against the model config happens in
@@ -41,7 +41,7 @@ class AbsPosInit(str, enum.Enum):
     NONE = "none"  # no absolute embeddings (needs ``use_abs_pos: false`` in the model)
 
 
-# PAPER.md "Positional information": BEiT transfers its relative biases and has no absolute
+# docs/paper.md, "Positional information": BEiT transfers its relative biases and has no absolute
 # embeddings; every other pre-training transfers absolute embeddings and starts relative biases
 # at zero. Random init has nothing to transfer. A detector checkpoint already carries both at
 # our layout, so fine-tuning from it keeps both.

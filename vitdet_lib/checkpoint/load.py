@@ -6,11 +6,8 @@ stated reason. Anything else is an error naming the keys, never a silent skip.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import os
-import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +18,7 @@ from ..model.pos import rel_table_side, resize_abs_pos, resize_rel_table
 from ..model.vit import ViT
 from .init import AbsPosInit, InitConfig, InitKind, RelPosInit, resolve_pos_init
 from .layouts import CheckpointLayout, RelTable, SourceViT, detect_layout, read_state, unwrap_state
+from .read import read_checkpoint_file
 from .report import CheckpointError, LoadReport, ShapeChange
 
 # which layouts each init kind may come in; MoCo v3 also ships through its own convert_to_deit.py
@@ -33,20 +31,6 @@ KIND_LAYOUTS: dict[InitKind, tuple[CheckpointLayout, ...]] = {
 }
 _REL_KEYS = {"window": "rel_pos_window_table", "global": "rel_pos_global_table"}
 _RANDOM_STD = 0.02  # the truncated-normal std ViT.init_weights uses for position information
-
-
-def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:
-    """``torch.load`` a checkpoint safely (``weights_only``) onto the CPU.
-
-    MAE's and BEiT's training scripts store their ``argparse.Namespace`` beside the weights;
-    that one class is allowed, any other pickled object is refused.
-    """
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: holds pickled Python objects other than tensors and "
-                              f"plain containers; refusing to unpickle them ({err})") from err
 
 
 def read_source(obj: Any, kind: InitKind) -> SourceViT:
@@ -81,6 +65,18 @@ def initialize_backbone(vit: ViT, init: InitConfig, *, checkpoint: Mapping[str, 
     kind = InitKind(init.kind)
     if checkpoint is not None and kind != InitKind.RANDOM and not init.checkpoint:
         init = dataclasses.replace(init, checkpoint="<in memory>")
+    try:
+        return _initialize(vit, init, kind, checkpoint)
+    except CheckpointError as err:
+        where = str(init.checkpoint)
+        if kind == InitKind.RANDOM or str(err).startswith(where):
+            raise
+        # the messages below say what does not fit; the user also needs to know which file
+        raise CheckpointError(f"{where} (init.kind={kind.value}): {err}") from err
+
+
+def _initialize(vit: ViT, init: InitConfig, kind: InitKind,
+                checkpoint: Mapping[str, Any] | None) -> LoadReport:
     rel_init, abs_init = resolve_pos_init(init, vit.cfg)
     report = LoadReport(kind=kind.value, checkpoint=init.checkpoint, layout="none",
                         rel_pos_init=rel_init.value, abs_pos_init=abs_init.value)

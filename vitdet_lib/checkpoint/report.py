@@ -1,15 +1,12 @@
 """What a checkpoint load did, key by key: the antidote to loaders that hide missing and
-unexpected keys (PAPER.md "Known traps")."""
+unexpected keys (docs/paper.md, "Known traps")."""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be loaded into the configured backbone (wrong model, wrong shape,
-    unaccounted keys); the message says what and where."""
+from ..errors import CheckpointError  # noqa: F401  (its historical home; defined with the others)
 
 
 @dataclass

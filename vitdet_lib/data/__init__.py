@@ -25,6 +25,7 @@ from .transforms import (
     masks_to_boxes_xyxy,
     resized_size,
 )
+from .validate import Problem, check_coco, validate_coco
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -33,10 +34,12 @@ __all__ = [
     "CocoDetection",
     "FashionMNISTNotFoundError",
     "FixedSizeCrop",
+    "Problem",
     "ResumableBatchSampler",
     "boxes_to_original",
     "boxes_to_resized",
     "build_loader",
+    "check_coco",
     "coco_split_paths",
     "collate",
     "eval_transform",
@@ -49,6 +52,7 @@ __all__ = [
     "pil_to_rgb_uint8",
     "resized_size",
     "segmentation_to_mask",
+    "validate_coco",
     "write_fashion_scenes",
     "write_shape_scenes",
 ]

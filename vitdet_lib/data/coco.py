@@ -14,7 +14,8 @@ COCOeval ignores detections matched to crowd regions exactly as on COCO.
 
 Bad files fail loudly with ``CocoDatasetError`` naming the file and the offending annotation,
 image or key: annotations are validated when the dataset is built (cheap), image files when
-they are read (or all at once with ``check_images``).
+they are read (or all at once with ``check_images``). ``validate.py`` checks a whole dataset up
+front and lists every problem; training calls it before the first step.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
+
+from ..errors import DatasetError
 
 # (image uint8 [3, H, W] as tv_tensors.Image, target with tv_tensors boxes/masks) -> same pair.
 Transform = Callable[[torch.Tensor, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
@@ -47,7 +50,7 @@ _REQUIRED_KEYS = {
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-class CocoDatasetError(ValueError):
+class CocoDatasetError(DatasetError):
     """A COCO-format dataset is malformed; the message names the file and the faulty entry."""
 
 
@@ -336,25 +339,37 @@ class CocoDetection(torch.utils.data.Dataset):
     def _check_header(self, index: int) -> None:
         info = self.coco.imgs[self.image_ids[index]]
         path = self.image_path(index)
-        if not path.is_file():
+        problem = image_header_problem(path, info["width"], info["height"])
+        if problem is not None:
             raise CocoDatasetError(
-                f"{path}: image file missing (image id {info['id']}, {self.ann_file})"
+                f"{path}: {problem} (image id {info['id']}, {self.ann_file})"
             )
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-                # EXIF orientations 5-8 rotate by 90 degrees: the displayed image is transposed.
-                if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                    width, height = height, width
-        except (OSError, SyntaxError, ValueError) as error:
-            raise CocoDatasetError(
-                f"{path}: unreadable image (image id {info['id']}): {error}"
-            ) from error
-        if (height, width) != (info["height"], info["width"]):
-            raise CocoDatasetError(
-                f"{path}: image is {width}x{height} but {self.ann_file} says "
-                f"{info['width']}x{info['height']} (image id {info['id']})"
-            )
+
+
+def image_header_problem(path: Path, width: int, height: int) -> str | None:
+    """What is wrong with one image file, from its header only (no pixels decoded): missing,
+    empty, not an image PIL can identify, or not ``width`` x ``height`` as displayed (after
+    its EXIF rotation). None if the header is fine."""
+    if not path.is_file():
+        return "image file missing"
+    if path.stat().st_size == 0:
+        return "empty image file (0 bytes)"
+    try:
+        with Image.open(path) as image:
+            got_w, got_h = image.size
+            # EXIF orientations 5-8 rotate by 90 degrees: the displayed image is transposed.
+            # PIL decodes a whole PNG to look for an eXIf chunk after the pixels: only a PNG's
+            # header chunk is read here (cameras write JPEG, whose EXIF is in the header).
+            header_only = image.format == "PNG" and "exif" not in image.info
+            if not header_only and image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                got_w, got_h = got_h, got_w
+    except UnidentifiedImageError:
+        return "unreadable image: not a format PIL knows, or a corrupt header"
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"unreadable image: {error}"
+    if (got_h, got_w) != (height, width):
+        return f"image is {got_w}x{got_h} but the annotations say {width}x{height}"
+    return None
 
 
 def coco_split_paths(root: str | Path, split: str) -> tuple[Path, Path]:

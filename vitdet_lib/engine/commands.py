@@ -13,8 +13,8 @@ import logging
 import math
 import os
 import sys
+from pathlib import Path
 
-from vitdet_lib.config import ConfigError
 from vitdet_lib.experiment import ExperimentConfig, load_experiment
 
 
@@ -66,15 +66,11 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # errors (bad params, data or checkpoint; a diverged loss) are reported by cli.main
     from vitdet_lib.engine.run import train
-    from vitdet_lib.engine.trainer import NonFiniteLossError
 
     _setup_logging()
-    try:
-        summary = train(_config(args))
-    except (ConfigError, NonFiniteLossError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    summary = train(_config(args))
     if _is_main():
         print(f"trained {summary['iterations']} iterations ({summary['epochs']:.2f} epochs), "
               f"{summary['time_per_iter_s']:.3f} s/iter")
@@ -87,10 +83,16 @@ def _eval(args: argparse.Namespace) -> int:
     from vitdet_lib.engine.run import evaluate
 
     _setup_logging()
-    try:
-        metrics = evaluate(_config(args), args.checkpoint, split=args.split)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    cfg = _config(args)
+    metrics = evaluate(cfg, args.checkpoint, split=args.split)
     _print_metrics(metrics)
+    if _is_main():
+        out = eval_output_dir(cfg, args.checkpoint, args.split)
+        print(f"wrote {out}/: coco_results.json (predictions), metrics.json, record.json")
     return 0
+
+
+def eval_output_dir(cfg: ExperimentConfig, checkpoint: str, split: str = "val") -> Path:
+    """Where ``engine.run.evaluate`` writes: ``<output_dir>/eval_<checkpoint stem>[_test]/``."""
+    suffix = "_test" if split == "test" else ""
+    return Path(cfg.output_dir or ".") / f"eval_{Path(checkpoint).stem}{suffix}"

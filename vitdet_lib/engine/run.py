@@ -19,11 +19,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from vitdet_lib.checkpoint import initialize_backbone
+from vitdet_lib.checkpoint import initialize_backbone, load_model_state, read_checkpoint_file
 from vitdet_lib.config import ConfigError, ModelConfig, to_dict
 from vitdet_lib.data import (
     CocoDetection,
     build_loader,
+    check_coco,
     coco_split_paths,
     eval_transform,
     lsj_transform,
@@ -35,7 +36,6 @@ from vitdet_lib.experiment import DataConfig, ExperimentConfig, GeneratedKind
 from vitdet_lib.io import provenance, write_json_atomic
 from vitdet_lib.model import build_detector
 
-from . import checkpoint as ckpt
 from . import distributed as du
 from .trainer import TrainData, Trainer, seed_everything
 
@@ -113,6 +113,10 @@ def build_datasets(cfg: ExperimentConfig, paths: DataPaths
                    ) -> tuple[CocoDetection, CocoDetection | None]:
     """Training set (LSJ at the detector's input size) and validation set (original images)."""
     size = cfg.model.detector.image_size
+    for images, ann_file in ((paths.train_images, paths.train_annotations),
+                             (paths.val_images, paths.val_annotations)):
+        if images is not None:  # every problem at once, before anything is written
+            check_coco(images, ann_file)
     train_set = CocoDetection(paths.train_images, paths.train_annotations, mode="train",
                               transform=lsj_transform(size, scale_range=cfg.data.scale_range))
     val_set = None
@@ -227,14 +231,9 @@ def evaluate(cfg: ExperimentConfig, checkpoint: str | Path, split: str = "val") 
             raise ConfigError("evaluation needs data.val_images and data.val_annotations "
                               "(or a generated dataset with num_val > 0)")
         model = build_detector(effective_model_config(cfg))
-        state = ckpt.load_checkpoint(checkpoint)
-        # any key that does not fit is an error (never a weight silently left at its init);
-        # strict=False only so that both lists can be reported at once
-        result = model.load_state_dict(ckpt.model_state_from(state), strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise RuntimeError(f"{checkpoint} does not fit the configured model: missing "
-                               f"{result.missing_keys[:10]}, unexpected "
-                               f"{result.unexpected_keys[:10]}")
+        state = read_checkpoint_file(checkpoint)
+        # any key that does not fit is an error (never a weight silently left at its init)
+        load_model_state(model, state, checkpoint)
         model.to(info.device)
         suffix = "_test" if split == "test" else ""
         out = Path(cfg.output_dir or ".") / f"eval_{Path(checkpoint).stem}{suffix}"

@@ -1,15 +1,15 @@
 """From the ViT's single-scale token grids to the detector's feature maps.
 
-The multi-scale adapter (from XCiT, PAPER.md) turns the 4 quarter outputs (all stride p) into a
-pyramid of strides p/4, p/2, p, 2p; a standard FPN with BN follows. The single-scale variant of
-Table 2 keeps only the last block's stride-p map.
+The multi-scale adapter (from XCiT; docs/paper.md, "Multi-scale adapter") turns the 4 quarter
+outputs (all stride p) into a pyramid of strides p/4, p/2, p, 2p; a standard FPN with BN
+follows. The single-scale variant of Table 2 keeps only the last block's stride-p map.
 """
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -53,12 +53,14 @@ class SingleScaleNeck(nn.Module):
     """Table 2's single-scale baseline: the last block's stride-p map projected to the head width
     (1x1 conv + norm, 3x3 conv + norm), so RPN and RoIAlign see one level only."""
 
-    def __init__(self, dim: int, out_channels: int, norm_layer: Callable[..., nn.Module] | None) -> None:
+    def __init__(self, dim: int, out_channels: int,
+                 norm_layer: Callable[..., nn.Module] | None) -> None:
         super().__init__()
         norm = norm_layer or (lambda c: nn.Identity())
         self.body = nn.Sequential(
             nn.Conv2d(dim, out_channels, 1, bias=norm_layer is None), norm(out_channels),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=norm_layer is None), norm(out_channels),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=norm_layer is None),
+            norm(out_channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,9 +92,11 @@ class ViTFeatureBackbone(nn.Module):
         dim, p = vit.embed_dim, vit.patch_size
         if multi_scale:
             if len(vit.out_indexes) != 4:
-                raise ValueError(f"the multi-scale adapter needs 4 ViT outputs, got {vit.out_indexes}")
+                raise ValueError("the multi-scale adapter needs 4 ViT outputs, got "
+                                 f"{vit.out_indexes}")
             self.adapter = MultiScaleAdapter(dim)
-            self.fpn = FeaturePyramidNetwork([dim] * 4, out_channels, extra_blocks=LastLevelMaxPool(),
+            self.fpn = FeaturePyramidNetwork([dim] * 4, out_channels,
+                                             extra_blocks=LastLevelMaxPool(),
                                              norm_layer=norm_layer)
             strides = (p // 4, p // 2, p, 2 * p, 4 * p)
             names = ("0", "1", "2", "3", "pool")
@@ -101,7 +105,7 @@ class ViTFeatureBackbone(nn.Module):
             strides, names = (p,), ("0",)
         self._specs = OrderedDict((n, FeatureSpec(out_channels, s)) for n, s in zip(names, strides))
 
-    def output_shape(self) -> "OrderedDict[str, FeatureSpec]":
+    def output_shape(self) -> OrderedDict[str, FeatureSpec]:
         """Feature names -> (channels, stride), in the order the detector receives them."""
         return self._specs
 
@@ -110,7 +114,7 @@ class ViTFeatureBackbone(nn.Module):
         """Levels RoIAlign pools from (the max-pooled level only feeds the RPN)."""
         return [n for n in self._specs if n != "pool"]
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats = self.vit(x)
         if not self.multi_scale:
             return OrderedDict(("0", self.neck(feats[-1])) for _ in [0])

@@ -36,14 +36,14 @@ class _FlashWithBiasGrad(torch.autograd.Function):
     the saved log-sum-exp and returns grads for q, k, v and the bias."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # noqa: ANN001
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 bias: torch.Tensor) -> torch.Tensor:
         out, lse = aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias)
         ctx.save_for_backward(q, k, v, bias, out, lse)
         return out
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205
+    def backward(ctx, grad_out: torch.Tensor):
         q, k, v, bias, out, lse = ctx.saved_tensors
         if not ctx.needs_input_grad[3]:
             dq, dk, dv = aten._scaled_dot_product_flash_attention_for_cpu_backward(
@@ -93,7 +93,7 @@ class _FlashGridBias(torch.autograd.Function):
     [heads, 2h-1, w, w]); forward and backward run in chunks of query grid-rows."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # noqa: ANN001
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 rows: torch.Tensor) -> torch.Tensor:
         b, heads, n, _ = q.shape
         w = rows.shape[-1]
@@ -109,14 +109,15 @@ class _FlashGridBias(torch.autograd.Function):
             if buf is None or buf.numel() != heads * (last - first) * w * n:
                 buf = rows_q.new_empty(heads * (last - first) * w * n)
             mask = expand_rows(rows_q, first, last, out=buf)[None]
-            o, l = aten._scaled_dot_product_flash_attention_for_cpu(q[:, :, sl], k, v, attn_mask=mask)
+            o, l = aten._scaled_dot_product_flash_attention_for_cpu(q[:, :, sl], k, v,
+                                                                     attn_mask=mask)
             out[:, :, sl] = o
             lse[:, :, sl] = l
         ctx.save_for_backward(q, k, v, rows, out, lse)
         return out
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205
+    def backward(ctx, grad_out: torch.Tensor):
         q, k, v, rows, out, lse = ctx.saved_tensors
         dtype = q.dtype
         q, k, v, grad_out, out = (t.float() for t in (q, k, v, grad_out, out))
@@ -164,11 +165,12 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return _naive(q, k, v, bias.dense() if isinstance(bias, GridBias) else bias)
     if isinstance(bias, GridBias):
         if q.shape[-2] != bias.h * bias.w or k.shape[-2] != q.shape[-2]:
-            raise ValueError(f"GridBias of a {bias.h}x{bias.w} grid used with {q.shape[-2]} queries "
-                             f"and {k.shape[-2]} keys")
+            raise ValueError(f"GridBias of a {bias.h}x{bias.w} grid used with {q.shape[-2]} "
+                             f"queries and {k.shape[-2]} keys")
         if q.device.type == "cpu":
             return _FlashGridBias.apply(q, k, v, bias.rows)
-        bias = bias.dense()  # CUDA: SDPA's memory-efficient kernel takes a dense bias (and its grad)
+        # CUDA: SDPA's memory-efficient kernel takes a dense bias (and its grad)
+        bias = bias.dense()
     if bias is not None:
         bias = bias.to(q.dtype)
     needs_bias_grad = bias is not None and bias.requires_grad and torch.is_grad_enabled()
@@ -190,7 +192,8 @@ def naive_attention(enabled: bool = True) -> Iterator[None]:
         _NAIVE = previous
 
 
-def _naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+           bias: torch.Tensor | None) -> torch.Tensor:
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if bias is not None:
         scores = scores + bias.to(scores.dtype)

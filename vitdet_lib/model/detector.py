@@ -1,12 +1,14 @@
 """The paper's upgraded Mask R-CNN, assembled from torchvision parts around a ViT backbone.
 
-Upgrades over the original Mask R-CNN (PAPER.md): BN after the FPN convs, a 2-conv RPN head,
-a 4conv+1fc box head with BN, BN in the mask head, SyncBN when distributed (the engine converts
-BatchNorm to SyncBatchNorm), and a fixed square input at train and test time.
+Upgrades over the original Mask R-CNN (docs/paper.md, "Upgraded Mask R-CNN"): BN after the FPN
+convs, a 2-conv RPN head, a 4conv+1fc box head with BN, BN in the mask head, SyncBN when
+distributed (the engine converts BatchNorm to SyncBatchNorm), and a fixed square input at train
+and test time.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +79,8 @@ def build_vit_backbone(cfg: ModelConfig) -> ViTFeatureBackbone:
     det = cfg.detector
     out_indexes = None if det.multi_scale else (cfg.backbone.depth - 1,)
     vit = ViT(cfg.backbone, img_size=det.image_size, out_indexes=out_indexes)
-    return ViTFeatureBackbone(vit, det.fpn_channels, det.multi_scale, _norm(det.norm), det.image_size)
+    return ViTFeatureBackbone(vit, det.fpn_channels, det.multi_scale, _norm(det.norm),
+                              det.image_size)
 
 
 def build_detector(cfg: ModelConfig) -> MaskRCNN:
@@ -122,13 +125,15 @@ def assemble_mask_rcnn(backbone: nn.Module, roi_names: list[str], det: DetectorC
         mask_head=mask_head,
         mask_predictor=MaskRCNNPredictor(c, c, det.num_classes + 1),
     )
-    model.transform = FixedSquareTransform(det.image_size, list(det.pixel_mean), list(det.pixel_std))
+    model.transform = FixedSquareTransform(det.image_size, list(det.pixel_mean),
+                                           list(det.pixel_std))
     return model
 
 
 def build_resnet_detector(det: DetectorConfig, depth: int = 101) -> MaskRCNN:
     """A ResNet-{50,101} FPN Mask R-CNN with the same upgraded heads and fixed square input: the
-    paper's CNN reference point in Table 5 (randomly initialised; BN everywhere, as from scratch)."""
+    paper's CNN reference point in Table 5 (randomly initialised; BN everywhere, as from
+    scratch)."""
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
     backbone = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None,

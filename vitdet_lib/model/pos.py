@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 
-def resize_abs_pos(pos: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0) -> torch.Tensor:
+def resize_abs_pos(pos: torch.Tensor, grid: tuple[int, int],
+                   num_prefix_tokens: int = 0) -> torch.Tensor:
     """Resize absolute position embeddings to a token grid.
 
     Args:
@@ -87,8 +88,10 @@ def rel_pos_rows(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return plane.unfold(2, w, 1).flip(1, 2).transpose(2, 3).contiguous()
 
 
-def expand_rows(rows: torch.Tensor, first: int, last: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Query grid-rows ``first:last`` of the dense bias, without autograd: [heads, (last-first)*w, h*w]."""
+def expand_rows(rows: torch.Tensor, first: int, last: int,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Query grid-rows ``first:last`` of the dense bias, without autograd:
+    [heads, (last-first)*w, h*w]."""
     heads, two_h, w, _ = rows.shape
     h = (two_h + 1) // 2
     if out is None:
@@ -117,12 +120,12 @@ class _ExpandRows(torch.autograd.Function):
     strided slices would allocate a zero table per slice in backward."""
 
     @staticmethod
-    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
         ctx.rows_shape = rows.shape
         return expand_rows(rows, 0, (rows.shape[1] + 1) // 2)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+    def backward(ctx, grad: torch.Tensor):
         grad_rows = grad.new_zeros(ctx.rows_shape)
         add_rows_grad(grad_rows, grad.contiguous(), 0)
         return grad_rows
@@ -163,7 +166,7 @@ class GridBias:
         self.w = rows.shape[-1]
 
     @classmethod
-    def from_table(cls, table: torch.Tensor, grid: tuple[int, int]) -> "GridBias":
+    def from_table(cls, table: torch.Tensor, grid: tuple[int, int]) -> GridBias:
         return cls(rel_pos_rows(table, grid))
 
     @property

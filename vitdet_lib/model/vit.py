@@ -32,7 +32,8 @@ def _window_regions(h: int, w: int, window_size: int):
     for i0, i1, nr in rows:
         for j0, j1, nc in cols:
             yield (slice(i0 * r, i0 * r + (i1 - i0) * nr), slice(j0 * r, j0 * r + (j1 - j0) * nc),
-                   (slice(i0, i1), slice(None, nr), slice(j0, j1), slice(None, nc)), (i1 - i0, nr, j1 - j0, nc))
+                   (slice(i0, i1), slice(None, nr), slice(j0, j1), slice(None, nc)),
+                   (i1 - i0, nr, j1 - j0, nc))
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -77,11 +78,13 @@ def window_unpartition(windows: torch.Tensor, window_size: int, padded_hw: tuple
     b = grid.shape[0]
     out = windows.new_empty(b, h, w, c)
     for rows, cols, (wi, ri, wj, rj), shape in _window_regions(h, w, r):
-        out[:, rows, cols].copy_(grid[:, wi, ri, wj, rj].reshape(b, shape[0] * shape[1], shape[2] * shape[3], c))
+        block = grid[:, wi, ri, wj, rj].reshape(b, shape[0] * shape[1], shape[2] * shape[3], c)
+        out[:, rows, cols].copy_(block)
     return out
 
 
-def window_padding_mask(hw: tuple[int, int], window_size: int, device: torch.device) -> torch.Tensor | None:
+def window_padding_mask(hw: tuple[int, int], window_size: int,
+                        device: torch.device) -> torch.Tensor | None:
     """Additive key mask [num_windows, 1, 1, r*r]: -inf on padding tokens, None without padding.
 
     Masking the padded keys makes real tokens' outputs independent of the padding (detectron2's
@@ -125,11 +128,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | GridBias | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                attn_mask: torch.Tensor | GridBias | None = None) -> torch.Tensor:
         """x: [B, N, C]; attn_mask: broadcastable to [B, heads, N, N]."""
         return self.proj(self.attend(self.qkv(x), attn_mask))
 
-    def attend(self, qkv: torch.Tensor, attn_mask: torch.Tensor | GridBias | None = None) -> torch.Tensor:
+    def attend(self, qkv: torch.Tensor,
+               attn_mask: torch.Tensor | GridBias | None = None) -> torch.Tensor:
         """The attention proper, before the output projection: qkv [B, N, 3C] -> [B, N, C]."""
         b, n, c3 = qkv.shape
         c = c3 // 3
@@ -161,7 +166,8 @@ class Block(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path: float = 0.0, layer_scale_init: float = 0.0, window_size: int = 0) -> None:
+                 drop_path: float = 0.0, layer_scale_init: float = 0.0,
+                 window_size: int = 0) -> None:
         super().__init__()
         self.window_size = window_size
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -175,7 +181,8 @@ class Block(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | GridBias | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                attn_mask: torch.Tensor | GridBias | None = None) -> torch.Tensor:
         """x: [B, H, W, C]; attn_mask: [B*num_windows or 1, heads, N, N] for this block's kind."""
         b, h, w, c = x.shape
         y = self.norm1(x)
@@ -213,7 +220,8 @@ class ViT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.patch_size = cfg.patch_size
-        self.out_indexes = tuple(out_indexes if out_indexes is not None else cfg.quarter_end_indexes)
+        self.out_indexes = tuple(out_indexes if out_indexes is not None
+                                 else cfg.quarter_end_indexes)
         grid = img_size // cfg.patch_size
         dim, heads = cfg.embed_dim, cfg.num_heads
         self.window_size = cfg.effective_window_size
@@ -228,7 +236,8 @@ class ViT(nn.Module):
         self.rel_pos_window_table = self.rel_pos_global_table = None
         if cfg.rel_pos == RelPos.SHARED:
             if len(global_idx) < cfg.depth:
-                self.rel_pos_window_table = nn.Parameter(torch.zeros((2 * self.window_size - 1) ** 2, heads))
+                self.rel_pos_window_table = nn.Parameter(
+                    torch.zeros((2 * self.window_size - 1) ** 2, heads))
             if global_idx:
                 self.rel_pos_global_table = nn.Parameter(torch.zeros((2 * grid - 1) ** 2, heads))
 
@@ -267,9 +276,15 @@ class ViT(nn.Module):
             blk.mlp.fc2.weight.data.div_(math.sqrt(2.0 * layer))
 
     def set_drop_path_rate(self, rate: float) -> None:
-        """Re-spread stochastic depth linearly from 0 to ``rate`` (a fine-tuning hyper-parameter)."""
+        """Re-spread stochastic depth linearly from 0 to ``rate`` (a fine-tuning
+        hyper-parameter)."""
         for blk, p in zip(self.blocks, torch.linspace(0, rate, len(self.blocks)).tolist()):
             blk.drop_path.p = p
+
+    def clear_mask_cache(self) -> None:
+        """Forget the masks cached for inference, so the next forward builds (and, when measured,
+        counts) them again."""
+        self._mask_cache = None
 
     def attention_masks(self, hw: tuple[int, int], batch: int, device: torch.device
                         ) -> tuple[torch.Tensor | None, torch.Tensor | GridBias | None]:
@@ -295,8 +310,10 @@ class ViT(nn.Module):
                 window_mask = rel_pos_bias(self.rel_pos_window_table, (r, r))[None]
             if pad is not None:
                 window_mask = pad if window_mask is None else window_mask + pad
-                window_mask = window_mask.expand(batch, *window_mask.shape[1:]) if window_mask.shape[0] == 1 \
-                    else window_mask.repeat(batch, 1, 1, 1)
+                if window_mask.shape[0] == 1:  # one window per image
+                    window_mask = window_mask.expand(batch, *window_mask.shape[1:])
+                else:  # windows are batch-major: [B * num_windows, ...]
+                    window_mask = window_mask.repeat(batch, 1, 1, 1)
         if self.rel_pos_global_table is not None:
             global_mask = GridBias.from_table(self.rel_pos_global_table, hw)
             n = hw[0] * hw[1]
@@ -313,7 +330,8 @@ class ViT(nn.Module):
             self._mask_cache = (key, (window_mask, global_mask))
         return window_mask, global_mask
 
-    def _mask_cache_key(self, hw: tuple[int, int], batch: int, device: torch.device) -> tuple | None:
+    def _mask_cache_key(self, hw: tuple[int, int], batch: int,
+                        device: torch.device) -> tuple | None:
         """Identity of the masks when they can be reused across forwards, else None.
 
         Without autograd the masks depend only on the grid, the batch and the tables' contents,
@@ -321,12 +339,15 @@ class ViT(nn.Module):
         in fp32). Training rebuilds them every forward:
         the tables change at every step and their gradients flow through the masks.
         """
-        tables = [t for t in (self.rel_pos_window_table, self.rel_pos_global_table) if t is not None]
+        tables = [t for t in (self.rel_pos_window_table, self.rel_pos_global_table)
+                  if t is not None]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tables):
             self._mask_cache = None  # do not keep a stale bias alive during training
             return None
-        amp = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        return (hw, batch, str(device), amp) + tuple((t.data_ptr(), t._version, t.dtype) for t in tables)
+        amp = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+               else None)
+        versions = tuple((t.data_ptr(), t._version, t.dtype) for t in tables)
+        return (hw, batch, str(device), amp) + versions
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: [B, 3, H, W] (padded to a multiple of the patch size if needed) ->

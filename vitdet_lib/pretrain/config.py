@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, ViTConfig, apply_overrides, from_dict, vit_config
+from ..errors import yaml_errors
 from ..experiment import AmpMode
 
 # ImageNet statistics, as every official recipe normalises with them; the detector's
@@ -297,7 +298,7 @@ def load_pretrain_config(source: str | Path | dict[str, Any], overrides: list[st
     if isinstance(source, dict):
         data, where = dict(source), "params dict"
     else:
-        with open(source) as f:
+        with open(source) as f, yaml_errors(source):
             data, where = (yaml.safe_load(f) or {}), str(source)
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a params file must be a mapping")

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint.read import read_checkpoint_file
 from ..config import from_dict
+from ..errors import CheckpointError
 from .augment import normalize, resize
 from .config import PretrainConfig
 from .data import load_eval_images
@@ -173,7 +175,10 @@ def evaluate_method(method: PretrainMethod, cfg: PretrainConfig, *, random_basel
 def load_pretrained(path: str | Path, cfg: PretrainConfig | None = None) -> PretrainMethod:
     """A method with the weights of one of our checkpoints (its config is read from the file
     unless given); missing or unexpected keys are errors."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = read_checkpoint_file(path)  # names the file and what is wrong with it
+    if not isinstance(obj, dict) or "config" not in obj:
+        raise CheckpointError(f"{path}: not one of our pre-training checkpoints (no 'config' "
+                              f"key); pass a <out>/checkpoint-*.pth or last.pth of `pretrain`")
     if cfg is None:
         cfg = from_dict(PretrainConfig, obj["config"], where=f"{path}: config")
     method = build_method(cfg)

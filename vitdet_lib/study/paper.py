@@ -1,7 +1,7 @@
-"""The paper's numbers as data (PAPER.md), each with its source and confidence.
+"""The paper's numbers as data (docs/paper.md), each with its source and confidence.
 
-``confidence``: ``paper text`` (stated in the paper's text, confirmed in
-``reference/benchmarking-paper-text.md``) or ``lower`` (other public sources, marked so in
+``confidence``: ``paper text`` (stated in the text of Li et al. 2021, arXiv:2111.11429; each
+number's section in docs/paper.md) or ``lower`` (other public sources, marked so in
 every table). Keys: ``table``, ``row``/``col`` in that table's terms, ``value``, ``unit``.
 """
 from __future__ import annotations

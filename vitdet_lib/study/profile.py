@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from vitdet_lib.config import ConfigError, from_dict
+from vitdet_lib.errors import yaml_errors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO_ROOT / "params" / "study"
@@ -148,6 +149,52 @@ class SweepConfig:
 
 
 @dataclass
+class PretrainBudget:
+    """The one rule that sets every method's pre-training length (``vitdet_lib.pretrain.budget``).
+
+    A pre-training run opts in with ``parameters: {budget: true}``; its ``train.epochs`` is then
+    the rule's (runs that study the length itself, e.g. Figure 3's, set their own).
+
+    Args:
+        rule: ``equal_compute`` (each method the same device time, from its measured
+            throughput), ``paper_proportional`` (the paper's epoch ratios, scaled to the
+            budget), or ``equal_epochs`` (the same ``epochs`` for all: only for pipeline checks).
+        total_seconds: device time of all the methods' pre-trainings together.
+        num_images: images per pre-training epoch.
+        images_per_s: measured training throughput per method (``measured`` says how).
+        epochs: the ``equal_epochs`` length.
+        measured: the command, device and date of the throughput measurement.
+    """
+
+    rule: str = ""
+    total_seconds: float = 0.0
+    num_images: int = 0
+    images_per_s: dict[str, float] = field(default_factory=dict)
+    epochs: float = 0.0
+    measured: str = ""
+
+
+def budget_epochs(profile: StudyProfile, method: str) -> float:
+    """``method``'s pre-training epochs under the profile's budget rule."""
+    from vitdet_lib.pretrain.budget import split_budget
+
+    b = profile.pretrain_budget
+    if not b.rule:
+        raise ConfigError(f"profile {profile.name}: a pre-training run asks for `budget` but "
+                          "the profile has no pretrain_budget")
+    if b.rule == "equal_epochs":
+        if b.epochs <= 0:
+            raise ConfigError(f"profile {profile.name}: pretrain_budget.epochs must be > 0")
+        return float(b.epochs)
+    shares = split_budget(b.images_per_s, b.total_seconds, b.num_images, b.rule)
+    found = {m.value: share for m, share in shares.items()}
+    if method not in found:
+        raise ConfigError(f"profile {profile.name}: pretrain_budget.images_per_s has no "
+                          f"{method!r} (has {sorted(found)})")
+    return round(found[method].epochs, 3)
+
+
+@dataclass
 class StudyProfile:
     """Everything ``vitdet-bench study run --profile NAME`` does.
 
@@ -160,6 +207,7 @@ class StudyProfile:
         sizes: experiment overrides per model size name.
         torch_threads: CPU threads of each run (0 = torch's default); 1 on a shared small
             CPU, where more threads than free cores make tiny models many times slower.
+        pretrain_budget: the rule that sets each method's pre-training epochs.
     """
 
     name: str = ""
@@ -170,6 +218,7 @@ class StudyProfile:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     torch_threads: int = 0
     data_fallback: list[str] = field(default_factory=list)
+    pretrain_budget: PretrainBudget = field(default_factory=PretrainBudget)
     sizes: dict[str, list[str]] = field(default_factory=dict)
     inits: dict[str, InitSource] = field(default_factory=dict)
     runs: list[RunTemplate] = field(default_factory=list)
@@ -226,7 +275,8 @@ def load_profile(name_or_path: str | Path) -> StudyProfile:
     path = profile_path(name_or_path)
     if not path.is_file():
         raise ConfigError(f"study profile {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    with yaml_errors(path):
+        data = yaml.safe_load(path.read_text()) or {}
     profile = profile_from_dict(data, where=f"{path}: profile")
     profile.name = profile.name or path.stem
     profile.results_dir = profile.results_dir or f"results/study/{profile.name}"
@@ -325,6 +375,10 @@ def make_run(profile: StudyProfile, name: str, notebook: str, parameters: dict[s
     if params.get("epochs") is not None:
         params["epochs"] = float(params["epochs"])
         params.setdefault("schedule_epochs", params["epochs"])
+    if notebook == "pretrain" and params.get("budget"):
+        epochs = budget_epochs(profile, str(params.get("method")))
+        params["overrides"] = [*(params.get("overrides") or []), f"train.epochs={epochs}"]
+        params["budget_epochs"] = epochs
     if seed is not None:
         params["seed"] = int(seed)
     for sources in (params.get("ap_runs") or {}).values():  # Table 3 reads their AP
@@ -335,7 +389,9 @@ def make_run(profile: StudyProfile, name: str, notebook: str, parameters: dict[s
         if init is None:
             raise ConfigError(f"profile {profile.name}: run {name} is tuned_by {tuned_by!r} "
                               "but has no init")
-        node = sweep_node(tuned_by, init)
+        # ``tuned_init``: take another init's winner (Table 4's BEiT pre-trained with absolute
+        # positions uses BEiT's recipe)
+        node = sweep_node(tuned_by, params.get("tuned_init") or init)
         if node not in deps:
             deps.append(node)
         params["tuned_by"] = tuned_by
@@ -377,7 +433,8 @@ def expand_runs(profile: StudyProfile) -> list[Run]:
             if r.tuned_by not in names_of_sweeps:
                 raise ConfigError(f"profile {profile.name}: run {r.name} is tuned_by unknown "
                                   f"sweep {r.tuned_by!r} (sweeps: {sorted(names_of_sweeps)})")
-            find_sweep(profile, r.tuned_by, r.parameters["init"], r.name)
+            find_sweep(profile, r.tuned_by,
+                       r.parameters.get("tuned_init") or r.parameters["init"], r.name)
         missing = [n for n in r.needs if n not in known]
         if missing:
             raise ConfigError(f"profile {profile.name}: run {r.name} needs unknown runs {missing}")

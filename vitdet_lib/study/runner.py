@@ -13,6 +13,7 @@ run's state (success, stale, failed, skipped, no run) for the report.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -114,6 +115,11 @@ class StudyRunner:
                  executor: Executor | None = None, echo: Callable[[str], None] = print,
                  notebooks_dir: Path = NOTEBOOKS_DIR, results_dir: str | Path | None = None,
                  work_dir: str | Path | None = None) -> None:
+        if work_dir is None and results_dir is not None:
+            work_dir = Path(results_dir) / "work"
+        # the profile's own folders move too: init checkpoints are paths inside work_dir
+        profile = dataclasses.replace(profile, results_dir=str(results_dir or profile.results_dir),
+                                      work_dir=str(work_dir or profile.work_dir))
         self.profile = profile
         self.force = force and not dry_run
         self.dry_run = dry_run
@@ -121,10 +127,8 @@ class StudyRunner:
         self.echo = echo
         self.notebooks_dir = Path(notebooks_dir)
         self.cwd = Path.cwd()
-        self.results_dir = (self.cwd / (results_dir or profile.results_dir)).resolve()
-        if work_dir is None and results_dir is not None:
-            work_dir = Path(results_dir) / "work"
-        self.work_dir = (self.cwd / (work_dir or profile.work_dir)).resolve()
+        self.results_dir = (self.cwd / profile.results_dir).resolve()
+        self.work_dir = (self.cwd / profile.work_dir).resolve()
         self.summary = StudySummary(profile.name)
         self.use_fallback = bool(profile.data_fallback) and not fashion_available()
         self.data_source = "shapes" if self.use_fallback else "fashion"
@@ -159,7 +163,7 @@ class StudyRunner:
         """``run`` with its sweep winner's lr / wd / dp, or why it cannot run."""
         if run.tuned_by is None:
             return run
-        init = run.parameters["init"]
+        init = run.parameters.get("tuned_init") or run.parameters["init"]
         node = sweep_node(run.tuned_by, init)
         if node not in self.winners:
             self.winners[node] = self._replay_sweep(run.tuned_by, init)

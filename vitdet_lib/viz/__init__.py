@@ -23,8 +23,8 @@ from .detection import load_detector, lsj_sample, plot_lsj, plot_predictions
 from .widgets import Choice, Slider, explore
 
 __all__ = [
-    "AttentionExplorer", "Choice", "Slider", "attention_map", "attention_probs", "capture_block_inputs",
-    "explore", "load_detector", "lsj_sample", "measure_attention_cost", "plot_attention_cost", "plot_lsj",
-    "plot_patches", "plot_predictions", "plot_pyramid", "plot_rel_pos", "plot_window_partition",
-    "pyramid_features", "window_layout",
+    "AttentionExplorer", "Choice", "Slider", "attention_map", "attention_probs",
+    "capture_block_inputs", "explore", "load_detector", "lsj_sample", "measure_attention_cost",
+    "plot_attention_cost", "plot_lsj", "plot_patches", "plot_predictions", "plot_pyramid",
+    "plot_rel_pos", "plot_window_partition", "pyramid_features", "window_layout",
 ]

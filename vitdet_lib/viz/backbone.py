@@ -22,7 +22,7 @@ from ..model import (
     window_unpartition,
 )
 from ..model.pos import sincos_pos_embed
-from ._draw import _axes, _grid_lines, _rgb
+from ._draw import grid_lines, new_axes, to_rgb
 from .widgets import Choice, Slider
 
 # ----------------------------------------------------------------------------- 1. patches
@@ -40,13 +40,13 @@ def plot_patches(pretrain_image: torch.Tensor, image: torch.Tensor, patch_size: 
     """
     g0 = pretrain_image.shape[-1] // patch_size
     gh, gw = image.shape[-2] // patch_size, image.shape[-1] // patch_size
-    fig, ax = _axes(3)
+    fig, ax = new_axes(3)
     ax = ax[0]
-    ax[0].imshow(_rgb(pretrain_image))
-    _grid_lines(ax[0], *pretrain_image.shape[-2:], patch_size)
+    ax[0].imshow(to_rgb(pretrain_image))
+    grid_lines(ax[0], *pretrain_image.shape[-2:], patch_size)
     ax[0].set_title(f"pre-training: {g0}x{g0} = {g0 * g0} tokens")
-    ax[1].imshow(_rgb(image))
-    _grid_lines(ax[1], *image.shape[-2:], patch_size)
+    ax[1].imshow(to_rgb(image))
+    grid_lines(ax[1], *image.shape[-2:], patch_size)
     ax[1].set_title(f"detection: {gh}x{gw} = {gh * gw} tokens")
     pos = sincos_pos_embed(64, g0).view(1, g0, g0, 64)
     resized = resize_abs_pos(pos, (gh, gw))[0].reshape(gh * gw, 64)  # [H*W, C]
@@ -84,14 +84,14 @@ def plot_window_partition(grid: int, window_size: int) -> Figure:
     win, pad = window_layout((grid, grid), window_size)
     hp, wp = win.shape
     n = int(win.max()) + 1
-    fig, ax = _axes(1, size=4.6)
+    fig, ax = new_axes(1, size=4.6)
     ax = ax[0, 0]
     cmap = ListedColormap(np.random.default_rng(0).uniform(0.35, 0.95, size=(max(n, 1), 3)))
     ax.imshow(win.numpy(), cmap=cmap, vmin=-0.5, vmax=n - 0.5)
     ys, xs = np.nonzero(pad.numpy())
     ax.scatter(xs, ys, marker="x", s=max(4, 900 / hp), c="k", lw=0.6)
-    _grid_lines(ax, hp, wp, 1, color="w", lw=0.3)
-    _grid_lines(ax, hp, wp, window_size, color="k", lw=1.5)
+    grid_lines(ax, hp, wp, 1, color="w", lw=0.3)
+    grid_lines(ax, hp, wp, window_size, color="k", lw=1.5)
     ax.add_patch(Rectangle((-0.5, -0.5), grid, grid, fill=False, ec="r", lw=2))
     ax.set_title(f"{grid}x{grid} tokens -> padded {hp}x{wp}: {n} windows of "
                  f"{window_size}x{window_size}\n{int(pad.sum())} padding tokens (x) = "
@@ -119,7 +119,8 @@ def capture_block_inputs(vit: ViT, image: torch.Tensor) -> dict[int, tuple[torch
     return captured
 
 
-def attention_probs(attn: nn.Module, tokens: torch.Tensor, mask: torch.Tensor | GridBias | None) -> torch.Tensor:
+def attention_probs(attn: nn.Module, tokens: torch.Tensor,
+                    mask: torch.Tensor | GridBias | None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + mask) of an ``Attention`` module, spelled out (the module itself
     calls SDPA, which never materialises it).
 
@@ -150,7 +151,8 @@ def attention_map(vit: ViT, captured: dict[int, tuple[torch.Tensor, Any]], block
     with torch.no_grad():
         y = blk.norm1(x)
         if not blk.window_size:
-            return attention_probs(blk.attn, y.reshape(1, h * w, c), mask)[0, :, i * w + j].view(-1, h, w)
+            probs = attention_probs(blk.attn, y.reshape(1, h * w, c), mask)  # [1, heads, N, N]
+            return probs[0, :, i * w + j].view(-1, h, w)
         r = blk.window_size
         windows, (hp, wp) = window_partition(y, r)
         k = (i // r) * (wp // r) + j // r  # the query's window
@@ -182,14 +184,16 @@ class AttentionExplorer:
         h, w = self.grid
         return {"row": Slider(0, h - 1, 1, h // 2), "col": Slider(0, w - 1, 1, w // 2 + 1),
                 "head": Choice(["mean", *range(self.vit.cfg.num_heads)], "mean"),
-                "window_block": Choice(self.window_blocks or [None], (self.window_blocks or [None])[0]),
-                "global_block": Choice(self.global_blocks or [None], (self.global_blocks or [None])[-1])}
+                "window_block": Choice(self.window_blocks or [None],
+                                       (self.window_blocks or [None])[0]),
+                "global_block": Choice(self.global_blocks or [None],
+                                       (self.global_blocks or [None])[-1])}
 
     def plot(self, row: int, col: int, head: Any, window_block: int, global_block: int) -> Figure:
         p = self.vit.patch_size
-        fig, ax = _axes(3)
+        fig, ax = new_axes(3)
         ax = ax[0]
-        ax[0].imshow(_rgb(self.image))
+        ax[0].imshow(to_rgb(self.image))
         ax[0].add_patch(Rectangle((col * p - 0.5, row * p - 0.5), p, p, fill=False, ec="r", lw=2))
         ax[0].set_title(f"query token ({row}, {col})")
         for a, blk in ((ax[1], window_block), (ax[2], global_block)):
@@ -198,10 +202,11 @@ class AttentionExplorer:
                 continue
             m = attention_map(self.vit, self.captured, blk, (row, col))
             m = m.mean(0) if head == "mean" else m[int(head)]
-            a.imshow(_rgb(self.image), alpha=0.35)
+            a.imshow(to_rgb(self.image), alpha=0.35)
             up = m.repeat_interleave(p, 0).repeat_interleave(p, 1).numpy()
             a.imshow(np.ma.masked_equal(up, 0), cmap="magma", alpha=0.85)
-            kind = f"windowed (r={self.vit.blocks[blk].window_size})" if self.vit.blocks[blk].window_size else "global"
+            r = self.vit.blocks[blk].window_size
+            kind = f"windowed (r={r})" if r else "global"
             a.set_title(f"block {blk}, {kind}\nmax weight {m.max():.3f}, head {head}", fontsize=9)
         for a in ax:
             a.set_xticks([]), a.set_yticks([])
@@ -211,16 +216,18 @@ class AttentionExplorer:
 # ----------------------------------------------------------------------------- 4. rel-pos
 
 
-def plot_rel_pos(vit: ViT, grid: tuple[int, int], head: int = 0, row: int = 5, col: int = 5) -> Figure:
+def plot_rel_pos(vit: ViT, grid: tuple[int, int], head: int = 0, row: int = 5,
+                 col: int = 5) -> Figure:
     """The two shared relative-position tables (learned values) and how one table becomes a
     dense bias on the ``grid`` of tokens: the bias row of a query token is the table re-centred
     on that token."""
     hw = tuple(grid)
-    fig, ax = _axes(4)
+    fig, ax = new_axes(4)
     ax = ax[0]
     n_win = sum(1 for b in vit.blocks if b.window_size)
+    n_global = len(vit.blocks) - n_win
     for a, table, label, users in ((ax[0], vit.rel_pos_window_table, "window", n_win),
-                                   (ax[1], vit.rel_pos_global_table, "global", len(vit.blocks) - n_win)):
+                                   (ax[1], vit.rel_pos_global_table, "global", n_global)):
         if table is None:
             a.set_title(f"no {label} table"), a.axis("off")
             continue
@@ -240,7 +247,8 @@ def plot_rel_pos(vit: ViT, grid: tuple[int, int], head: int = 0, row: int = 5, c
     bias = rel_pos_bias(synthetic, hw)[0, row * hw[1] + col].view(*hw)
     ax[3].imshow(bias.numpy(), cmap="viridis")
     ax[3].plot(col, row, "r+", ms=12)
-    ax[3].set_title(f"rel_pos_bias row of query ({row}, {col})\non the {hw[0]}x{hw[1]} grid", fontsize=9)
+    ax[3].set_title(f"rel_pos_bias row of query ({row}, {col})\non the {hw[0]}x{hw[1]} grid",
+                    fontsize=9)
     for a in ax:
         a.set_xticks([]), a.set_yticks([])
     return fig
@@ -249,7 +257,8 @@ def plot_rel_pos(vit: ViT, grid: tuple[int, int], head: int = 0, row: int = 5, c
 # ----------------------------------------------------------------------------- 5. pyramid
 
 
-def pyramid_features(backbone: nn.Module, normalised: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+def pyramid_features(backbone: nn.Module,
+                     normalised: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
     """The ViT's 4 quarter outputs, the adapter's 4 levels and the FPN's outputs for one image."""
     from collections import OrderedDict
 
@@ -266,7 +275,7 @@ def plot_pyramid(features: dict[str, dict[str, torch.Tensor]], image_size: int,
                  stage: str = "adapter", channel: int = -1) -> Figure:
     """One row of feature maps (channel ``channel``, or the per-position L2 norm when -1)."""
     maps = features[stage]
-    fig, ax = _axes(len(maps), size=2.8)
+    fig, ax = new_axes(len(maps), size=2.8)
     for a, (name, f) in zip(ax[0], maps.items()):
         m = f[0].norm(dim=0) if channel < 0 else f[0, min(channel, f.shape[1] - 1)]
         a.imshow(m.numpy(), cmap="viridis")

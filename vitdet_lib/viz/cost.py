@@ -13,7 +13,7 @@ from matplotlib.ticker import NullFormatter
 from ..config import AttentionLayout, vit_config
 from ..model import ViT
 from ..profiling import count_flops, time_call
-from ._draw import _axes
+from ._draw import new_axes
 
 # ----------------------------------------------------------------------------- 7. cost
 
@@ -65,8 +65,9 @@ def _cost(layout: AttentionLayout, g: int, window_size: int, embed_dim: int, num
 
 def plot_attention_cost(df: pd.DataFrame, window_size: int) -> Figure:
     """Measured cost vs tokens on log-log axes, with the slope of each curve's last segment."""
-    fig, ax = _axes(2, size=4.0)
-    for a, col, label in ((ax[0, 0], "gflops", "GFLOPs (measured)"), (ax[0, 1], "seconds", "CPU s / forward")):
+    fig, ax = new_axes(2, size=4.0)
+    panels = ((ax[0, 0], "gflops", "GFLOPs (measured)"), (ax[0, 1], "seconds", "CPU s / forward"))
+    for a, col, label in panels:
         for layout, d in df.groupby("layout"):
             d = d.sort_values("tokens")
             slope = np.diff(np.log(d[col].values[-2:])) / np.diff(np.log(d["tokens"].values[-2:]))

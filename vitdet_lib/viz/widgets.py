@@ -32,7 +32,8 @@ def _widget(control: Slider | Choice, name: str) -> Any:
 
     if isinstance(control, Choice):
         return w.Dropdown(options=list(control.options), value=control.value, description=name)
-    ints = all(float(v).is_integer() for v in (control.min, control.max, control.step, control.value))
+    values = (control.min, control.max, control.step, control.value)
+    ints = all(float(v).is_integer() for v in values)
     cls = w.IntSlider if ints else w.FloatSlider
     cast = int if ints else float
     return cls(min=cast(control.min), max=cast(control.max), step=cast(control.step),

@@ -83,6 +83,8 @@ def finetune(*, run_name: str, record_path: str, work_dir: str, params: str,
                    train_s_per_iter=summary.get("time_per_iter_s"),
                    infer_s_per_img=(final.get("eval_time_s", 0) / n_img) if n_img else None,
                    max_mem_mb=summary.get("max_mem_mb"), step_mem_mb=summary.get("step_mem_mb"))
+    test = _evaluate_test(cfg, work, launcher)
+    metrics.update(test)
     rel, abs_ = resolve_pos_init(cfg.init, cfg.model.backbone)
     metrics.update(rel_pos_init=rel.value, abs_pos_init=abs_.value,
                    attention=cfg.model.backbone.attention.value,
@@ -100,5 +102,28 @@ def finetune(*, run_name: str, record_path: str, work_dir: str, params: str,
         artifacts={"work_dir": str(work),
                    "gt_annotations": str(Path(paths.val_annotations).resolve()),
                    "coco_results": str(work / "eval" / tag / "coco_results.json") if tag
-                   else None})
+                   else None,
+                   "test_gt_annotations": str(Path(paths.test_annotations).resolve())
+                   if test else None,
+                   "test_coco_results": str(work / "eval_last_test" / "coco_results.json")
+                   if test else None})
     return finish(record_path, record)
+
+
+def _evaluate_test(cfg: ExperimentConfig, work: Path, launcher: dict[str, Any] | None
+                   ) -> dict[str, Any]:
+    """The final model on the held-out test scenes (``test/bbox/AP`` ...), when the data has a
+    test split; {} otherwise. Only reported, never used for any choice."""
+    gen = cfg.data.generated
+    if gen is None or gen.num_test <= 0:
+        return {}
+    last = work / "last.pth"
+    if uses_torchrun(launcher):
+        run_command(torchrun_command(launcher, ["eval", str(work / "experiment.yaml"),
+                                                "--checkpoint", str(last), "--split", "test"]),
+                    work / "torchrun.log")
+        raw = json.loads((work / "eval_last_test" / "metrics.json").read_text())
+        return {f"test/{k}": v for k, v in raw.items() if "/" in k}
+    from vitdet_lib.engine.run import evaluate
+
+    return {k: v for k, v in evaluate(cfg, last, split="test").items() if "/" in k}

@@ -40,12 +40,16 @@ def tide(*, run_name: str, record_path: str, results_dir: str, sources: list[str
             row["init"] = ft["parameters"].get("init")
             row["size"] = ft["parameters"].get("size")
             art = ft.get("artifacts", {})
-            results_json = art.get("coco_results")
+            # the held-out test scenes when the run has them, as every reported number
+            split = "test" if art.get("test_coco_results") else "val"
+            prefix = "test_" if split == "test" else ""
+            results_json = art.get(f"{prefix}coco_results")
+            row["split"] = split
             if not results_json or not Path(results_json).is_file() or not json.loads(
                     Path(results_json).read_text()):
                 row["error"] = "no predictions to analyse"
             else:
-                row.update(tide_errors(art["gt_annotations"], results_json, source))
+                row.update(tide_errors(art[f"{prefix}gt_annotations"], results_json, source))
         rows.append(row)
         print(row)
     record = rec.make_record(run_name, rec.SUCCESS, parameters=parameters,
