@@ -70,6 +70,9 @@ def test_bad_specs_name_the_spec(mae_file, tmp_path):
         with pytest.raises(ConfigError, match="--add-init") as err:
             add_inits(smoke, [spec], echo=lambda _: None)
         assert message in str(err.value) and spec in str(err.value)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ConfigError, match="--add-init 'e=.*empty.pth'.*empty file"):
+        add_inits(smoke, [f"e={tmp_path / 'empty.pth'}"], echo=lambda _: None)
     d2 = tmp_path / "d2.pth"
     torch.save({"model": {f"backbone.net.{k}": v for k, v in fakes.encoder(32, 4, 8).items()}}, d2)
     with pytest.raises(ConfigError, match="detectron2 ViTDet checkpoints .* are not converted"):

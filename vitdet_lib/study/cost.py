@@ -93,7 +93,7 @@ def measure_step(model_cfg: Any, image_size: int, batch_per_device: int, amp: st
     """Time ``steps`` training passes of the detector ``model_cfg`` (after one warm-up), or
     read the cached result of the same measurement."""
     from vitdet_lib.bench import autocast
-    from vitdet_lib.complexity import _dummy_target
+    from vitdet_lib.complexity import dummy_target
     from vitdet_lib.model import build_detector
     from vitdet_lib.profiling import time_call
 
@@ -108,7 +108,7 @@ def measure_step(model_cfg: Any, image_size: int, batch_per_device: int, amp: st
     num_classes = model.roi_heads.box_predictor.cls_score.out_features - 1
     images = [torch.rand(3, image_size, image_size, device=device)
               for _ in range(batch_per_device)]
-    targets = [_dummy_target(image_size, num_classes, device) for _ in images]
+    targets = [dummy_target(image_size, num_classes, device) for _ in images]
 
     def step() -> None:
         with autocast(device, amp):

@@ -4,9 +4,10 @@ A study that fails after six GPU-hours because the fourth checkpoint path has a 
 six hours; this module finds the typo first. Each check is memoised (a COCO file used by forty
 runs is parsed once) and each problem names the runs it blocks.
 
-Checked: params files parse; COCO folders and files exist and parse (image, annotation and
-category counts; ``num_classes`` equals the category count); the image files they reference
-exist (a deterministic sample, or all with ``full``); every checkpoint file loads through its
+Checked: params files parse; COCO folders and files exist and pass the dataset validator
+(``data.validate.validate_coco``; image, annotation and category counts; ``num_classes``
+equals the category count); the image files they reference exist (a deterministic sample), or
+with ``full`` every image header is checked (exists, readable, size as the json says); every checkpoint file loads through its
 converter into the run's backbone (checkpoints a pre-training run of the profile writes are
 "produced by run X", not checked); output folders are writable; the launcher has the devices
 it asks for on this machine.
@@ -23,7 +24,7 @@ import torch
 
 from vitdet_lib.config import ConfigError, to_dict
 
-SAMPLED_IMAGES = 200  # image files checked per annotation file without ``full``
+SAMPLED_IMAGES = 200  # image files checked to exist per annotation file without ``full``
 GENERATED_CLASSES = {"shapes": 4, "fashion": 10}  # scenes.SHAPE_CLASSES, FASHION_MNIST_CLASSES
 
 
@@ -99,16 +100,33 @@ class Validator:
                 problems.append(f"annotation file {annotations} does not parse as COCO: "
                                 f"{_short(err)}")
                 entries = []
-            if Path(images).is_dir() and entries:
-                missing, checked = self._missing_images(images, entries)
-                info.checked_files = checked
-                if missing:
-                    how = "all" if self.full else f"a sample of {checked}"
-                    problems.append(f"{len(missing)} image file(s) of {annotations} missing in "
-                                    f"{images} (checked {how}), e.g. {missing[:3]}")
+            if entries:
+                problems += self._coco_problems(images, annotations, entries, info)
         self._coco_memo[key] = (info, problems)
         self.data[annotations] = info
         return info, problems
+
+    def _coco_problems(self, images: str, annotations: str, entries: list[dict[str, Any]],
+                       info: DataInfo) -> list[str]:
+        """The dataset validator's findings (annotations; with ``full``, every image header
+        too), then, without ``full``, a sample of image files checked to exist."""
+        from vitdet_lib.data.validate import validate_coco
+
+        found = validate_coco(images, annotations, check_files=self.full and Path(images).is_dir(),
+                              progress=False)
+        out = []
+        if found:
+            shown = "; ".join(str(p) for p in found[:3])
+            out.append(f"{len(found)} problem(s) in {annotations}"
+                       f"{' and its images' if self.full else ''}, e.g. {shown}")
+        if self.full:
+            info.checked_files = len(entries) if Path(images).is_dir() else 0
+        elif Path(images).is_dir():
+            missing, info.checked_files = self._missing_images(images, entries)
+            if missing:
+                out.append(f"{len(missing)} image file(s) of {annotations} missing in {images} "
+                           f"(checked a sample of {info.checked_files}), e.g. {missing[:3]}")
+        return out
 
     def _missing_images(self, folder: str, entries: list[dict[str, Any]]) -> tuple[list[str], int]:
         names = [str(e.get("file_name", "")) for e in entries]
