@@ -4,9 +4,9 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
+from engine_toy import ToyDetector, toy_train_data
 
 from vitdet_lib.engine import distributed as du
-from vitdet_lib.engine.toy import ToyDetector, toy_train_data
 from vitdet_lib.engine.trainer import Trainer
 from vitdet_lib.experiment import load_experiment
 

@@ -61,13 +61,19 @@ def test_cross_field_checks(tmp_path):
     with pytest.raises(ConfigError, match="multiple of batch_per_device"):
         load_experiment({"data": {"generated": {}}, "train": {"batch_size": 6,
                                                              "batch_per_device": 4}})
+    # one place for the drop-path rate: the old training key says where it went
+    with pytest.raises(ConfigError, match=r"train\.drop_path: .*model\.backbone\.drop_path_rate"):
+        load_experiment({"data": {"generated": {}}}, ["train.drop_path=0.2"])
+    with pytest.raises(ConfigError, match=r"x\.yaml: params\.train\.drop_path: this key moved"):
+        load_experiment(_write(tmp_path / "x.yaml", "train: {drop_path: 0.1}\n"))
     cyc = _write(tmp_path / "a.yaml", "base: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_experiment(cyc)
 
 
 def test_save_round_trip(tmp_path):
-    cfg = load_experiment(REPO / "params" / "smoke_shapes.yaml", ["train.drop_path=0.2"])
+    cfg = load_experiment(REPO / "params" / "smoke_shapes.yaml",
+                          ["model.backbone.drop_path_rate=0.2"])
     save_experiment(cfg, tmp_path / "saved.yaml")
     assert load_experiment(tmp_path / "saved.yaml") == cfg
 
@@ -76,3 +82,42 @@ def test_save_round_trip(tmp_path):
 def test_shipped_params_load(name):
     cfg = load_experiment(REPO / "params" / name)
     assert cfg.data.generated is not None
+
+
+def test_named_size_expands_beneath_the_keys_given(tmp_path):
+    from vitdet_lib.config import VIT_SIZES
+
+    mini = load_experiment(REPO / "params" / "base_mini.yaml").model.backbone
+    assert {k: getattr(mini, k) for k in VIT_SIZES["mini"]} == VIT_SIZES["mini"]
+    smoke = load_experiment(REPO / "params" / "smoke_shapes.yaml").model.backbone
+    assert (smoke.patch_size, smoke.embed_dim, smoke.depth) == (8, 32, 4)  # given keys win
+    base = load_experiment(REPO / "params" / "smoke_shapes.yaml", ["model.backbone.size=base",
+                                                                   "model.backbone.depth=12"])
+    b = base.model.backbone
+    assert (b.patch_size, b.embed_dim, b.depth) == (16, 32, 12)  # preset, file, override
+    with pytest.raises(ConfigError, match=r"model\.backbone\.size: unknown ViT size 'huge'"):
+        load_experiment(REPO / "params" / "smoke_shapes.yaml", ["model.backbone.size=huge"])
+
+
+def test_pretrain_params_use_the_same_loader(tmp_path):
+    from vitdet_lib.pretrain.config import load_pretrain_config
+
+    _write(tmp_path / "child.yaml", f"base: {REPO / 'params' / 'pretrain_mae.yaml'}\n"
+                                    "train: {epochs: 150, lr: 3e-4}\n")
+    cfg = load_pretrain_config(tmp_path / "child.yaml", ["train.warmup_epochs=1e0"])
+    ref = load_pretrain_config(REPO / "params" / "pretrain_mae.yaml")
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.warmup_epochs) == (150, 3e-4, 1.0)
+    assert cfg.mae == ref.mae and cfg.encoder == ref.encoder  # the rest from the base
+    _write(tmp_path / "bad.yaml", "base: child.yaml\ntrain: {lr_rate: 1.0}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: params\.train: unknown key.*lr_rate"):
+        load_pretrain_config(tmp_path / "bad.yaml")
+
+
+def test_resume_rules_most_specific_prefix_wins():
+    from vitdet_lib.engine.trainer import FINETUNE_RESUME_RULES as rules
+
+    assert rules.kind("model.backbone.depth") == "refused"
+    assert rules.kind("model.backbone.drop_path_rate") == "guarded"
+    assert rules.kind("train.lr") == "guarded"
+    assert rules.kind("train.log_every") == "free"
+    assert rules.kind("eval.max_images") == "free"

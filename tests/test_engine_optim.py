@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
+from engine_toy import ToyDetector
 from torch import nn
 
 from vitdet_lib.engine.optim import build_optimizer, param_groups
 from vitdet_lib.engine.schedule import WarmupCosineSchedule, iterations_for_epochs
-from vitdet_lib.engine.toy import ToyDetector
 
 
 def test_no_weight_decay_on_norms_biases_and_position_tables():
@@ -63,3 +63,16 @@ def test_schedule_state_round_trip():
 def test_iterations_for_epochs():
     assert iterations_for_epochs(100, 118287, 64) == 184823
     assert iterations_for_epochs(0.25, 64, 8) == 2
+
+
+def test_one_builder_exempts_class_and_mask_tokens():
+    model = nn.Module()
+    model.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+    model.decoder = nn.Module()
+    model.decoder.mask_token = nn.Parameter(torch.zeros(1, 1, 8))
+    model.decoder.proj = nn.Linear(8, 8)
+    model.my_cls_token_proj = nn.Parameter(torch.zeros(8, 8))  # a weight, despite its name
+    groups = {g["group"]: g for g in param_groups(model.named_parameters(), weight_decay=0.1)}
+    assert set(groups["no_decay"]["param_names"]) == {
+        "cls_token", "decoder.mask_token", "decoder.proj.bias"}
+    assert set(groups["decay"]["param_names"]) == {"decoder.proj.weight", "my_cls_token_proj"}

@@ -3,10 +3,10 @@ import json
 
 import pytest
 import torch
+from engine_toy import ToyDetector, toy_train_data
 
 from vitdet_lib.config import ConfigError
 from vitdet_lib.engine import checkpoint as ckpt
-from vitdet_lib.engine.toy import ToyDetector, toy_train_data
 from vitdet_lib.engine.trainer import NonFiniteLossError, Trainer
 from vitdet_lib.experiment import load_experiment
 

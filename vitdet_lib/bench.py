@@ -23,9 +23,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -317,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
     if args.peak_tflops is None:
         args.peak_tflops = device_peak_tflops(device)
     args.train_sizes = args.train_sizes if args.train_sizes is not None else args.image_sizes
-    log = lambda s: print(s, flush=True)  # noqa: E731
+    log = lambda s: print(s, flush=True)
     env = environment()
     log(f"{env['device']} | torch {env['packages']['torch']} | {torch.get_num_threads()} threads | amp {args.amp}"
         f" | load avg {os.getloadavg()[0]:.1f}")

@@ -1,22 +1,42 @@
-"""Typed configuration: model presets and a strict dict -> dataclass loader.
+"""Typed configuration: model presets, a strict dict -> dataclass loader, and the one YAML
+loader every params file goes through (``base:`` links and ``--set`` overrides).
 
 Every experiment is data (``params/*.yaml``). Loading is strict: an unknown key is an error that
 names the key and where it was found, so a typo never silently falls back to a default.
+
+A params file may start from another one with ``base: relative/path.yaml`` and then state only
+what differs; bases are merged recursively (mappings merge key by key, everything else is
+replaced). Each file is checked on its own against the schema, so an unknown key is reported
+with the file it came from and its full key path, e.g. ``params/x.yaml: params.train.lr_rate``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
+import json
+import os
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from vitdet_lib.errors import InputError
+import yaml
+
+from vitdet_lib.errors import InputError, yaml_errors
 
 
 class ConfigError(InputError, ValueError):
     """A params file or override does not fit the configuration schema."""
+
+
+# ImageNet statistics of images in [0, 1]: every official recipe normalises with them, and both
+# pre-training and detection use them by default, so both see identically normalised pixels
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 class AttentionLayout(str, enum.Enum):
@@ -40,6 +60,8 @@ class ViTConfig:
     """A plain ViT and its detection-time behaviour.
 
     Args:
+        size: a named preset (``VIT_SIZES``: ``tiny/small/base/large/mini``); params files
+            state it instead of repeating the shape, and keys given beside it win over it.
         patch_size: side of the square patches.
         embed_dim, depth, num_heads, mlp_ratio: the usual ViT shape.
         pretrain_img_size: image side used in pre-training; its token grid is the size of the
@@ -53,6 +75,7 @@ class ViTConfig:
         qkv_bias: bias in the qkv projection.
     """
 
+    size: str | None = None
     patch_size: int = 16
     embed_dim: int = 768
     depth: int = 12
@@ -122,8 +145,8 @@ class DetectorConfig:
     box_batch_size_per_image: int = 512
     detections_per_img: int = 100
     box_score_thresh: float = 0.05
-    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
 
 
 @dataclass
@@ -135,21 +158,31 @@ class ModelConfig:
 # ViT sizes of the paper and the miniature study (docs/design.md, "The miniature study").
 # Values are overrides of ViTConfig.
 VIT_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=768, depth=12, num_heads=12, drop_path_rate=0.1),
-    "large": dict(embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.3),
+    "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "base": {"embed_dim": 768, "depth": 12, "num_heads": 12, "drop_path_rate": 0.1},
+    "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "drop_path_rate": 0.3},
     # miniature: 64x64 pre-training with patch 8 -> 8x8 grid -> window 8 at detection
-    "mini": dict(patch_size=8, embed_dim=192, depth=8, num_heads=3, pretrain_img_size=64,
-                 drop_path_rate=0.1),
+    "mini": {"patch_size": 8, "embed_dim": 192, "depth": 8, "num_heads": 3,
+             "pretrain_img_size": 64, "drop_path_rate": 0.1},
 }
+
+
+def sized_vit_params(params: dict[str, Any], where: str = "vit") -> dict[str, Any]:
+    """ViT params with their named ``size`` expanded beneath the keys given beside it."""
+    size = params.get("size")
+    if size is None:
+        return params
+    if size not in VIT_SIZES:
+        raise ConfigError(f"{where}.size: unknown ViT size {size!r}; choose one of "
+                          f"{sorted(VIT_SIZES)}")
+    return {**VIT_SIZES[size], **params}
 
 
 def vit_config(size: str, **overrides: Any) -> ViTConfig:
     """A ViTConfig for a named size (``tiny/small/base/large/mini``) with overrides."""
-    if size not in VIT_SIZES:
-        raise ConfigError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)}")
-    return from_dict(ViTConfig, {**VIT_SIZES[size], **overrides}, where=f"vit size {size!r}")
+    params = sized_vit_params({"size": size, **overrides}, where="vit")
+    return from_dict(ViTConfig, params, where=f"vit size {size!r}")
 
 
 # ----------------------------------------------------------------------------- strict loading
@@ -227,8 +260,6 @@ def to_dict(obj: Any) -> Any:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place."""
-    import yaml
-
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
@@ -241,3 +272,112 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
         node[parts[-1]] = yaml.safe_load(raw)
     return data
+
+
+# ----------------------------------------------------------------------------- params files
+
+BASE_KEY = "base"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; params files mean a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """YAML as params files mean it (``1e-4`` is a float)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+# (one file's or the overrides' data, where it came from) -> None; raises ConfigError
+FileCheck = Callable[[dict[str, Any], str], None]
+
+
+def load_params(source: str | os.PathLike[str] | dict[str, Any], schema: type,
+                overrides: list[str] | tuple[str, ...] = (), check: FileCheck | None = None
+                ) -> dict[str, Any]:
+    """A params file (following ``base:`` links) or dict, merged, then ``a.b=value`` overrides.
+
+    Args:
+        source: path of a YAML file, or the params as a dict (a ``base:`` in a dict is
+            resolved relative to the working directory).
+        schema: the dataclass each file and the overrides must fit on their own.
+        overrides: ``a.b=value`` strings applied last (values parsed as YAML).
+        check: further checks of each file and of the overrides (e.g. moved keys).
+    Returns:
+        The merged data, not yet built into ``schema`` (the caller adds cross-field checks).
+    Raises:
+        ConfigError: unknown key (naming the file and key path), wrong type, a missing file, or
+            a cycle of bases.
+    """
+    if isinstance(source, dict):
+        data = _resolve_bases(copy.deepcopy(source), "params dict: params", Path.cwd(), (),
+                              schema, check)
+    else:
+        data = _load_file(Path(source), (), schema, check)
+    if overrides:
+        # re-spelled as JSON (valid YAML) so "train.lr=3e-4" means a float here as in files
+        overrides = [_normalise_override(item) for item in overrides]
+        # checked on their own first so the error names the override, not the merged whole
+        delta = apply_overrides({}, list(overrides))
+        if check is not None:
+            check(delta, "--set overrides: params")
+        from_dict(schema, delta, where="--set overrides: params")
+        apply_overrides(data, list(overrides))
+    return data
+
+
+def _load_file(path: Path, chain: tuple[Path, ...], schema: type, check: FileCheck | None
+               ) -> dict[str, Any]:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"cycle of base: links: {cycle}")
+    if not path.is_file():
+        hint = f" (base of {chain[-1]})" if chain else ""
+        raise ConfigError(f"params file {path} not found{hint}")
+    with open(path) as f, yaml_errors(path):
+        data = yaml_load(f.read()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a params file must be a mapping, got {type(data).__name__}")
+    # error messages read "<file>: params.train: unknown key(s) ['lr_rate'] ..."
+    return _resolve_bases(data, f"{path}: params", path.parent, (*chain, path), schema, check)
+
+
+def _normalise_override(item: str) -> str:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    with yaml_errors(f"--set {item}", in_file=False):
+        return f"{key}={json.dumps(yaml_load(raw))}"
+
+
+def _resolve_bases(data: dict[str, Any], where: str, folder: Path, chain: tuple[Path, ...],
+                   schema: type, check: FileCheck | None) -> dict[str, Any]:
+    base = data.pop(BASE_KEY, None)
+    if check is not None:
+        check(data, where)
+    # each file alone must fit the schema, so errors point at the file that holds the key
+    from_dict(schema, data, where=where)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{where}: {BASE_KEY!r} must be a relative path, got {base!r}")
+    return merge_params(_load_file(folder / base, chain, schema, check), data)
+
+
+def merge_params(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``delta``: mappings merge recursively, other values replace."""
+    out = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_params(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,18 +1,12 @@
 """One experiment as data: model + data + training + evaluation settings, loaded from YAML.
 
-A params file may start from another one with ``base: relative/path.yaml`` and then state only
-what differs; bases are merged recursively (mappings merge key by key, everything else is
-replaced). Loading is strict: each file is checked on its own against the schema, so an unknown
-key is reported with the file it came from and its full key path, e.g.
-``params/x.yaml: train.lr_rate: unknown key``.
+Loading goes through ``config.load_params``: ``base:`` links merged recursively, strict
+per-file checks naming the file and key path, ``--set`` overrides.
 """
 from __future__ import annotations
 
-import copy
 import enum
-import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,26 +14,20 @@ from typing import Any
 import yaml
 
 from vitdet_lib.checkpoint.init import InitConfig, resolve_pos_init
-from vitdet_lib.config import ConfigError, ModelConfig, apply_overrides, from_dict, to_dict
-from vitdet_lib.errors import yaml_errors
+from vitdet_lib.config import (
+    BASE_KEY,
+    ConfigError,
+    ModelConfig,
+    from_dict,
+    load_params,
+    sized_vit_params,
+    to_dict,
+)
 from vitdet_lib.io import write_text_atomic
 
-BASE_KEY = "base"
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-4`` (no dot) as a string; params files mean a float."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+__all__ = ["BASE_KEY", "AmpMode", "DataConfig", "EvalConfig", "ExperimentConfig",
+           "GeneratedDataConfig", "GeneratedKind", "TrainBase", "TrainConfig", "load_experiment",
+           "save_experiment", "validate_experiment", "validate_train_base"]
 
 
 class AmpMode(str, enum.Enum):
@@ -107,30 +95,22 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    """The fine-tuning recipe (docs/paper.md, "Training").
+class TrainBase:
+    """What every training (fine-tuning, pre-training) configures: the shared loop's settings.
 
     Args:
-        lr, weight_decay, betas: AdamW; norms, biases and position tables get no weight decay.
-        epochs: schedule length in epochs of the training set (fractions allowed); converted to
-            optimizer steps as ``round(epochs * num_images / batch_size)``.
-        warmup_epochs: linear warmup length (the paper's 0.25 epoch).
+        lr, weight_decay, betas: AdamW; norms, biases, position tables and tokens get no
+            weight decay.
+        epochs: schedule length in epochs of the training set (fractions allowed).
+        warmup_epochs: linear warmup length; the half-period cosine spans the whole schedule.
         warmup_factor: lr multiplier at the very first step of warmup.
-        batch_size: the EFFECTIVE batch (images per optimizer step, the paper's 64), kept
-            whatever the device count by gradient accumulation.
+        batch_size: the EFFECTIVE batch (images per optimizer step), kept whatever the device
+            count by gradient accumulation.
         batch_per_device: images per forward pass on one device.
-        drop_path: overrides ``model.backbone.drop_path_rate`` when set (the tuning protocol
-            varies it per run).
         amp: mixed precision mode.
-        eval_at: fractions of the schedule after which to evaluate (1.0 = at the end).
-        checkpoint_every: optimizer steps between checkpoints (the final one is always saved).
-        keep_checkpoints: how many periodic checkpoints to keep on disk.
         seed: seeds model initialisation and (plus the rank) the training stream.
-        num_workers: data loader worker processes per device.
-        max_iters: when set, the schedule length in optimizer steps instead of ``epochs``
-            (short test runs with a complete lr schedule).
         clip_grad: max total gradient norm; None disables clipping (the norm is logged anyway).
-        log_every: optimizer steps between lines of ``metrics.jsonl``.
+        log_every: optimizer steps between logged lines.
         device: "auto" (CUDA when available), "cpu" or "cuda".
     """
 
@@ -142,17 +122,44 @@ class TrainConfig:
     warmup_factor: float = 0.001
     batch_size: int = 64
     batch_per_device: int = 1
-    drop_path: float | None = None
     amp: AmpMode = AmpMode.OFF
-    eval_at: tuple[float, ...] = (1.0,)
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
     seed: int = 0
-    num_workers: int = 4
-    max_iters: int | None = None
     clip_grad: float | None = None
     log_every: int = 20
     device: str = "auto"
+
+
+def validate_train_base(t: TrainBase) -> None:
+    """The checks every training's settings must pass."""
+    if t.batch_size < 1 or t.batch_per_device < 1 or t.batch_size % t.batch_per_device:
+        raise ConfigError(f"train: batch_size={t.batch_size} must be a positive multiple of "
+                          f"batch_per_device={t.batch_per_device}")
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"train.device: {t.device!r} is not one of ['auto', 'cpu', 'cuda']")
+    if t.log_every < 1:
+        raise ConfigError("train.log_every must be >= 1")
+
+
+@dataclass
+class TrainConfig(TrainBase):
+    """The fine-tuning recipe (docs/paper.md, "Training"): :class:`TrainBase` (defaults: the
+    paper's) plus the following.
+
+    Args:
+        epochs: converted to optimizer steps as ``round(epochs * num_images / batch_size)``.
+        eval_at: fractions of the schedule after which to evaluate (1.0 = at the end).
+        checkpoint_every: optimizer steps between checkpoints (the final one is always saved).
+        keep_checkpoints: how many periodic checkpoints to keep on disk.
+        num_workers: data loader worker processes per device.
+        max_iters: when set, the schedule length in optimizer steps instead of ``epochs``
+            (short test runs with a complete lr schedule).
+    """
+
+    eval_at: tuple[float, ...] = (1.0,)
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    num_workers: int = 4
+    max_iters: int | None = None
 
 
 @dataclass
@@ -200,17 +207,10 @@ def load_experiment(source: str | os.PathLike[str] | dict[str, Any],
     Raises:
         ConfigError: unknown key (naming the file and key path), wrong type, or a cycle of bases.
     """
-    if isinstance(source, dict):
-        data = _resolve_bases(copy.deepcopy(source), "params dict: params", Path.cwd(), ())
-    else:
-        data = _load_file(Path(source), ())
-    if overrides:
-        # re-spelled as JSON (valid YAML) so "train.lr=3e-4" means a float here as in files
-        overrides = [_normalise_override(item) for item in overrides]
-        # checked on their own first so the error names the override, not the merged whole
-        delta = apply_overrides({}, list(overrides))
-        from_dict(ExperimentConfig, delta, where="--set overrides: params")
-        apply_overrides(data, list(overrides))
+    data = load_params(source, ExperimentConfig, overrides, check=_check_moved)
+    backbone = data.get("model", {}).get("backbone")
+    if isinstance(backbone, dict):  # a named size, expanded once, beneath the keys given
+        data["model"]["backbone"] = sized_vit_params(backbone, "model.backbone")
     where = "params dict" if isinstance(source, dict) else f"{source} (merged with its bases)"
     cfg: ExperimentConfig = from_dict(ExperimentConfig, data, where=where)
     if not cfg.output_dir and not isinstance(source, dict):
@@ -219,52 +219,16 @@ def load_experiment(source: str | os.PathLike[str] | dict[str, Any],
     return cfg
 
 
-def _load_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
-    path = path.resolve()
-    if path in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, path))
-        raise ConfigError(f"cycle of base: links: {cycle}")
-    if not path.is_file():
-        hint = f" (base of {chain[-1]})" if chain else ""
-        raise ConfigError(f"params file {path} not found{hint}")
-    with open(path) as f, yaml_errors(path):
-        data = _yaml_load(f.read()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a params file must be a mapping, got {type(data).__name__}")
-    # error messages read "<file>: params.train: unknown key(s) ['lr_rate'] ..."
-    return _resolve_bases(data, f"{path}: params", path.parent, (*chain, path))
+# keys that moved, with where they live now (a clearer error than "unknown key")
+MOVED_KEYS: dict[tuple[str, str], str] = {
+    ("train", "drop_path"): "model.backbone.drop_path_rate",
+}
 
 
-def _normalise_override(item: str) -> str:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key.path=value")
-    key, raw = item.split("=", 1)
-    with yaml_errors(f"--set {item}", in_file=False):
-        return f"{key}={json.dumps(_yaml_load(raw))}"
-
-
-def _resolve_bases(data: dict[str, Any], where: str, folder: Path,
-                   chain: tuple[Path, ...]) -> dict[str, Any]:
-    base = data.pop(BASE_KEY, None)
-    # each file alone must fit the schema, so errors point at the file that holds the key
-    from_dict(ExperimentConfig, data, where=where)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{where}: {BASE_KEY!r} must be a relative path, got {base!r}")
-    merged = _load_file(folder / base, chain)
-    return _merge(merged, data)
-
-
-def _merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``delta``: mappings merge recursively, other values replace."""
-    out = dict(base)
-    for key, value in delta.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def _check_moved(data: dict[str, Any], where: str) -> None:
+    for (section, key), new in MOVED_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise ConfigError(f"{where}.{section}.{key}: this key moved; set {new} instead")
 
 
 def validate_experiment(cfg: ExperimentConfig) -> None:
@@ -279,13 +243,9 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         raise ConfigError("data: train_images and train_annotations go together")
     if (d.val_images is None) != (d.val_annotations is None):
         raise ConfigError("data: val_images and val_annotations go together")
-    if t.batch_size < 1 or t.batch_per_device < 1 or t.batch_size % t.batch_per_device:
-        raise ConfigError(f"train: batch_size={t.batch_size} must be a positive multiple of "
-                          f"batch_per_device={t.batch_per_device}")
+    validate_train_base(t)
     if not all(0.0 < f <= 1.0 for f in t.eval_at):
         raise ConfigError(f"train.eval_at: fractions must lie in (0, 1], got {list(t.eval_at)}")
-    if t.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"train.device: {t.device!r} is not one of ['auto', 'cpu', 'cuda']")
     if t.epochs <= 0 and t.max_iters is None:
         raise ConfigError("train.epochs must be positive (or set train.max_iters)")
     if t.checkpoint_every < 1 or t.log_every < 1 or t.keep_checkpoints < 1:

@@ -83,7 +83,7 @@ def jsonable(value: Any) -> Any:
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
         return value.item()
     if hasattr(value, "value") and type(value).__module__ != "builtins" and isinstance(
-            getattr(value, "value"), (str, int, float)):  # enums
+            value.value, (str, int, float)):  # enums
         return value.value
     return value
 

@@ -20,9 +20,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-# torchvision's detection normalisation mean (ImageNet); padding with the mean makes the padded
-# area zero after normalisation, the same value the detector pads with after normalising.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+# the default padding: the detector's default mean, so the padded area is zero after
+# normalisation, the same value the detector pads with after normalising
+from ..config import IMAGENET_MEAN
 
 
 def _query_size(flat_inputs: list[Any]) -> tuple[int, int]:

@@ -3,11 +3,13 @@
 Layout of a run directory::
 
     checkpoint_0001000.pth   periodic checkpoints, the newest ``keep_last`` are kept
-    last.pth                 a hard link to (or, where links fail, a copy of) the newest one
+    last.pth                 a copy of the newest one, an independent file
 
 Every file is written to a temporary name in the same directory, fsync'ed and moved into place
 with ``os.replace``, so a crash at any moment leaves either the old or the new file, never a
-torn one, and ``last.pth`` only ever names a complete checkpoint.
+torn one. ``last.pth`` is a real copy, not a link, so damage to one file (a truncation, a bad
+block) leaves the other intact, and a resume falls back to the newest periodic checkpoint
+that loads (``resume.py``).
 
 Checkpoints hold only tensors and plain Python data, so they load with ``weights_only=True``.
 """
@@ -16,13 +18,14 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..io import atomic_write, fsync_dir, torch_save_atomic
+from ..io import atomic_write, torch_save_atomic
 
 LAST_NAME = "last.pth"
 _PERIODIC = re.compile(r"^checkpoint_(\d+)\.pth$")
@@ -32,22 +35,13 @@ def checkpoint_name(iteration: int) -> str:
     return f"checkpoint_{iteration:07d}.pth"
 
 
-def _point_last(target: Path) -> None:
-    """Make ``last.pth`` name ``target``: a hard link swapped in atomically, else a copy."""
-    last = target.parent / LAST_NAME
-    tmp = target.parent / f".{LAST_NAME}.{os.getpid()}.link"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(target, tmp)
-    except OSError:  # filesystems without hard links
-        atomic_write(last, lambda f: f.write(target.read_bytes()))
-        return
-    try:
-        os.replace(tmp, last)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
+def _copy_to_last(target: Path) -> Path:
+    """Write ``last.pth`` as an atomic copy of ``target``."""
+    def copy(f) -> None:
+        with open(target, "rb") as src:
+            shutil.copyfileobj(src, f, length=2**24)
+
+    return atomic_write(target.parent / LAST_NAME, copy)
 
 
 def periodic_checkpoints(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
@@ -61,7 +55,7 @@ def periodic_checkpoints(folder: str | os.PathLike[str]) -> list[tuple[int, Path
 
 def save_checkpoint(state: dict[str, Any], folder: str | os.PathLike[str], *, iteration: int,
                     keep_last: int = 2) -> Path:
-    """Write ``state`` as ``checkpoint_<iteration>.pth``, point ``last.pth`` at it, prune old ones.
+    """Write ``state`` as ``checkpoint_<iteration>.pth`` and as ``last.pth``, prune old ones.
 
     Returns:
         The path of the new checkpoint.
@@ -69,8 +63,8 @@ def save_checkpoint(state: dict[str, Any], folder: str | os.PathLike[str], *, it
     folder = Path(folder)
     path = folder / checkpoint_name(iteration)
     torch_save_atomic(state, path)
-    _point_last(path)
-    # prune only after last.pth names the new file, so a complete checkpoint always survives
+    _copy_to_last(path)
+    # prune only after last.pth holds the new state, so a complete checkpoint always survives
     for _, old in periodic_checkpoints(folder)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path

@@ -1,6 +1,6 @@
 """``vitdet-bench train`` and ``vitdet-bench eval``: thin wrappers over ``engine.run``.
 
-    vitdet-bench train PARAMS [--set a.b=v ...] [--output-dir DIR]
+    vitdet-bench train PARAMS [--set a.b=v ...] [--output-dir DIR] [--allow-changes]
     vitdet-bench eval PARAMS --checkpoint PATH [--split val|test] [--set a.b=v ...]
 
 Multi-GPU: ``torchrun --nproc_per_node=N -m vitdet_lib.cli train PARAMS`` (same arguments).
@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train (or resume) a detector from a params file",
                               description="Train, resuming from OUTPUT_DIR/last.pth if present.")
     _add_common(p)
+    p.add_argument("--allow-changes", action="store_true",
+                   help="resume with changed schedule/optimizer/data settings (recorded in "
+                   "OUTPUT_DIR/changes.jsonl); without it such a resume is refused")
     p.set_defaults(func=_train)
     p = subparsers.add_parser("eval", help="COCO-evaluate a checkpoint on the validation set")
     _add_common(p)
@@ -65,12 +69,28 @@ def _print_metrics(metrics: dict) -> None:
             print(f"{key:16s} {value:7.2f}" if math.isfinite(value) else f"{key:16s}     nan")
 
 
+def _resume_command(args: argparse.Namespace, output_dir: str) -> str:
+    """The command that resumes this run: the same params and overrides, its output dir."""
+    words = ["vitdet-bench", "train", args.params]
+    for item in args.overrides:
+        words += ["--set", item]
+    words += ["--output-dir", output_dir]
+    if args.allow_changes:
+        words.append("--allow-changes")
+    return shlex.join(words)
+
+
 def _train(args: argparse.Namespace) -> int:
     # errors (bad params, data or checkpoint; a diverged loss) are reported by cli.main
     from vitdet_lib.engine.run import train
+    from vitdet_lib.errors import TrainingInterrupted
 
     _setup_logging()
-    summary = train(_config(args))
+    cfg = _config(args)
+    try:
+        summary = train(cfg, allow_changes=args.allow_changes)
+    except TrainingInterrupted as err:  # the CLI prints it (exit 130), with how to resume
+        raise err.with_resume_command(_resume_command(args, cfg.output_dir)) from None
     if _is_main():
         print(f"trained {summary['iterations']} iterations ({summary['epochs']:.2f} epochs), "
               f"{summary['time_per_iter_s']:.3f} s/iter")

@@ -2,7 +2,9 @@
 
 Weight decay pulls parameters towards zero; that is a prior on weights, not on offsets, scales or
 position tables. So norms' weights, biases and layer-scale gammas (every parameter with at most
-one dimension), absolute position embeddings and relative-position bias tables get no decay.
+one dimension), absolute position embeddings, relative-position bias tables and the learned
+class and mask tokens ([1, 1, C] offsets in embedding space) get no decay. One builder serves
+fine-tuning and pre-training.
 """
 from __future__ import annotations
 
@@ -13,11 +15,14 @@ from torch import nn
 
 # substrings of parameter names that never get weight decay whatever their shape
 NO_DECAY_NAME_PARTS: tuple[str, ...] = ("pos_embed", "rel_pos")
+# last components of parameter names that never get weight decay
+NO_DECAY_TOKENS: tuple[str, ...] = ("cls_token", "mask_token")
 
 
 def skips_weight_decay(name: str, param: torch.Tensor) -> bool:
     """Whether parameter ``name`` is exempt from weight decay (see module docstring)."""
-    return param.ndim <= 1 or any(part in name for part in NO_DECAY_NAME_PARTS)
+    return (param.ndim <= 1 or any(part in name for part in NO_DECAY_NAME_PARTS)
+            or name.rsplit(".", 1)[-1] in NO_DECAY_TOKENS)
 
 
 def param_groups(named_params: Iterable[tuple[str, nn.Parameter]],

@@ -6,11 +6,7 @@ detector, and the distributed context (``torchrun`` or a single process).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,19 +16,17 @@ import torch.distributed as dist
 from torch import nn
 
 from vitdet_lib.checkpoint import initialize_backbone, load_model_state, read_checkpoint_file
-from vitdet_lib.config import ConfigError, ModelConfig, to_dict
+from vitdet_lib.config import ConfigError, to_dict
 from vitdet_lib.data import (
     CocoDetection,
     build_loader,
     check_coco,
-    coco_split_paths,
     eval_transform,
     lsj_transform,
-    write_fashion_scenes,
-    write_shape_scenes,
 )
+from vitdet_lib.data.prepare import DataPaths, generated_dataset_dir, prepare_data
 from vitdet_lib.evaluation import evaluate_model
-from vitdet_lib.experiment import DataConfig, ExperimentConfig, GeneratedKind
+from vitdet_lib.experiment import ExperimentConfig
 from vitdet_lib.io import provenance, write_json_atomic
 from vitdet_lib.model import build_detector
 
@@ -41,72 +35,9 @@ from .trainer import TrainData, Trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
-_COMPLETE = "complete.json"  # written last: a generated dataset without it is unfinished
-
-
-@dataclass(frozen=True)
-class DataPaths:
-    """COCO-format files of one experiment (val may be absent: training without evaluation;
-    test is present only for a generated dataset with ``num_test > 0``)."""
-
-    train_images: Path
-    train_annotations: Path
-    val_images: Path | None
-    val_annotations: Path | None
-    test_images: Path | None = None
-    test_annotations: Path | None = None
-
-
-def generated_dataset_dir(data: DataConfig) -> Path:
-    assert data.generated is not None
-    return Path(data.cache_dir) / data.generated.cache_name
-
-
-def prepare_data(data: DataConfig) -> DataPaths:
-    """The dataset files, writing a generated dataset into the cache first if needed.
-
-    A generated dataset is written to a temporary directory and renamed into place, so a crash
-    or a concurrent writer never leaves a half-written dataset under the final name.
-    """
-    if data.generated is None:
-        val = (Path(data.val_images), Path(data.val_annotations)) if data.val_images else (None, None)
-        return DataPaths(Path(data.train_images), Path(data.train_annotations), *val)
-    gen = data.generated
-    root = generated_dataset_dir(data)
-    if not (root / _COMPLETE).is_file():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
-        try:
-            log.info("writing the %s dataset to %s", gen.kind.value, root)
-            sizes = {"train": gen.num_train, "val": gen.num_val}
-            if gen.num_test > 0:
-                sizes["test"] = gen.num_test
-            if gen.kind == GeneratedKind.SHAPES:
-                for split, count in sizes.items():
-                    write_shape_scenes(tmp, count, gen.image_size, gen.seed, split=split)
-            else:
-                write_fashion_scenes(tmp, sizes, gen.image_size, gen.seed)
-            (tmp / _COMPLETE).write_text(json.dumps(to_dict(gen)))
-            if not (root / _COMPLETE).is_file():  # else a concurrent writer finished first
-                shutil.rmtree(root, ignore_errors=True)  # an unfinished leftover, if any
-                try:
-                    tmp.rename(root)
-                except OSError:
-                    if not (root / _COMPLETE).is_file():
-                        raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    train, val = coco_split_paths(root, "train"), coco_split_paths(root, "val")
-    test = coco_split_paths(root, "test") if gen.num_test > 0 else (None, None)
-    return DataPaths(*train, *(val if gen.num_val > 0 else (None, None)), *test)
-
-
-def effective_model_config(cfg: ExperimentConfig) -> ModelConfig:
-    """``cfg.model`` with ``train.drop_path`` applied (the tuning protocol varies it per run)."""
-    if cfg.train.drop_path is None:
-        return cfg.model
-    backbone = dataclasses.replace(cfg.model.backbone, drop_path_rate=cfg.train.drop_path)
-    return dataclasses.replace(cfg.model, backbone=backbone)
+# the dataset files live in data/prepare.py; named here for callers of engine.run
+__all__ = ["DataPaths", "build_datasets", "evaluate", "generated_dataset_dir", "prepare_data",
+           "train"]
 
 
 def build_datasets(cfg: ExperimentConfig, paths: DataPaths
@@ -117,8 +48,11 @@ def build_datasets(cfg: ExperimentConfig, paths: DataPaths
                              (paths.val_images, paths.val_annotations)):
         if images is not None:  # every problem at once, before anything is written
             check_coco(images, ann_file)
+    # LSJ pads with the configured mean: padding is then zero after normalisation
+    lsj = lsj_transform(size, scale_range=cfg.data.scale_range,
+                        pad_value=cfg.model.detector.pixel_mean)
     train_set = CocoDetection(paths.train_images, paths.train_annotations, mode="train",
-                              transform=lsj_transform(size, scale_range=cfg.data.scale_range))
+                              transform=lsj)
     val_set = None
     if paths.val_images is not None and paths.val_annotations is not None:
         val_set = CocoDetection(paths.val_images, paths.val_annotations, mode="eval",
@@ -158,10 +92,16 @@ def _prepare(cfg: ExperimentConfig, info: du.DistInfo) -> DataPaths:
         return prepare_data(cfg.data)
 
 
-def train(cfg: ExperimentConfig) -> dict[str, Any]:
+def train(cfg: ExperimentConfig, *, allow_changes: bool = False) -> dict[str, Any]:
     """Train (or resume) the experiment; returns the summary written to ``metrics.json``.
 
     Runs as one process, or as one rank of a ``torchrun`` job (the environment decides).
+
+    Args:
+        allow_changes: a resume may change schedule, optimizer or data settings (recorded in
+            ``changes.jsonl``); without it such a resume is refused (``engine/resume.py``).
+    Raises:
+        TrainingInterrupted: SIGINT/SIGTERM/SIGUSR1; the last step's checkpoint was saved.
     """
     if not cfg.output_dir:
         raise ConfigError("output_dir is not set")
@@ -170,7 +110,7 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
     try:
         train_set, val_set = build_datasets(cfg, _prepare(cfg, info))
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
-        model = build_detector(effective_model_config(cfg))
+        model = build_detector(cfg.model)
         # the chosen initialisation; a resumed run then overwrites it from its checkpoint
         report = initialize_backbone(model.backbone.vit, cfg.init)
         if info.is_main:
@@ -188,7 +128,7 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
 
         evaluate_fn = _eval_fn(cfg, val_set, info) if val_set is not None else None
         data = TrainData(num_images=len(train_set), make_loader=make_loader, evaluate=evaluate_fn)
-        return Trainer(cfg, model, data, info).run()
+        return Trainer(cfg, model, data, info, allow_changes=allow_changes).run()
     finally:
         if session.owns_group:
             du.shutdown()
@@ -230,7 +170,7 @@ def evaluate(cfg: ExperimentConfig, checkpoint: str | Path, split: str = "val") 
         if val_set is None:
             raise ConfigError("evaluation needs data.val_images and data.val_annotations "
                               "(or a generated dataset with num_val > 0)")
-        model = build_detector(effective_model_config(cfg))
+        model = build_detector(cfg.model)
         state = read_checkpoint_file(checkpoint)
         # any key that does not fit is an error (never a weight silently left at its init)
         load_model_state(model, state, checkpoint)

@@ -86,10 +86,11 @@ class WarmupCosineSchedule:
         return {"total_iters": self.total_iters, "warmup_iters": self.warmup_iters,
                 "warmup_factor": self.warmup_factor, "last_iter": self.last_iter}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the position; the schedule's shape must match the one being resumed."""
+    def load_state_dict(self, state: dict[str, Any], *, strict: bool = True) -> None:
+        """Restore the position; with ``strict`` the schedule's shape must match the one being
+        resumed (a resume with an allowed change of length keeps the configured shape)."""
         shape = (state["total_iters"], state["warmup_iters"], state["warmup_factor"])
-        if shape != (self.total_iters, self.warmup_iters, self.warmup_factor):
+        if strict and shape != (self.total_iters, self.warmup_iters, self.warmup_factor):
             raise ValueError(f"checkpointed schedule (total, warmup, factor)={shape} differs "
                              f"from the configured {(self.total_iters, self.warmup_iters, self.warmup_factor)}")
         self.last_iter = state["last_iter"]

@@ -1,7 +1,8 @@
 """One pre-training run as data: method, encoder size, data subset, schedule, method recipe.
 
-A params file (``params/pretrain_<method>.yaml``) is loaded strictly (unknown keys are errors
-naming the file and key path) and may hold the recipe section of its own method only, so a
+A params file (``params/pretrain_<method>.yaml``) is loaded by the same loader as every params
+file (``config.load_params``: ``base:`` links, strict per-file checks naming the file and key
+path, ``--set`` overrides) and may hold the recipe section of its own method only, so a
 ``mocov3.temperature`` in an MAE file is an error, not a silently ignored value.
 """
 from __future__ import annotations
@@ -11,17 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import ConfigError, ViTConfig, apply_overrides, from_dict, vit_config
-from ..errors import yaml_errors
-from ..experiment import AmpMode
-
-# ImageNet statistics, as every official recipe normalises with them; the detector's
-# ``DetectorConfig.pixel_mean/std`` defaults are the same, so pre-training and fine-tuning
-# see identically normalised pixels.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ConfigError,
+    ViTConfig,
+    from_dict,
+    load_params,
+    vit_config,
+)
+from ..experiment import TrainBase, validate_train_base
 
 
 class Method(str, enum.Enum):
@@ -77,21 +77,17 @@ class PretrainDataConfig:
 
 
 @dataclass
-class PretrainTrainConfig:
-    """Schedule and machinery, the same as fine-tuning's (``experiment.TrainConfig``).
+class PretrainTrainConfig(TrainBase):
+    """Schedule and machinery: fine-tuning's (``experiment.TrainBase``), with the official
+    pre-training recipes' defaults, plus the following.
 
     Args:
         lr: peak lr (the official recipes' ``blr * batch_size / 256``, already multiplied).
         epochs: passes over the (subset of the) train split; fractions allowed.
-        warmup_epochs: linear warmup length; the half-period cosine spans the whole schedule.
-        batch_size: the effective batch per optimizer step, kept by gradient accumulation.
-        batch_per_device: images per forward pass on one process.
         save_epochs: epochs after which ``checkpoint-<epoch>.pth`` is kept (MAE-epochs study);
             ``last.pth`` is always written and holds what a resume needs.
         checkpoint_every: optimizer steps between ``last.pth`` refreshes inside an epoch
             (None = only at epoch ends).
-        log_every: optimizer steps between step lines of ``log.jsonl``.
-        clip_grad: max total gradient norm (None = no clipping).
     """
 
     lr: float = 1.5e-4
@@ -102,13 +98,9 @@ class PretrainTrainConfig:
     warmup_factor: float = 0.0
     batch_size: int = 64
     batch_per_device: int = 64
-    amp: AmpMode = AmpMode.OFF
+    log_every: int = 10
     save_epochs: tuple[int, ...] = ()
     checkpoint_every: int | None = None
-    log_every: int = 10
-    clip_grad: float | None = None
-    seed: int = 0
-    device: str = "auto"
 
 
 class SupervisedLabels(str, enum.Enum):
@@ -289,24 +281,18 @@ def _check_sections(data: dict[str, Any], where: str) -> None:
 
 def load_pretrain_config(source: str | Path | dict[str, Any], overrides: list[str] = ()
                          ) -> PretrainConfig:
-    """Load a pre-training config from a YAML file or dict, then ``a.b=value`` overrides.
+    """Load a pre-training config from a YAML file (following ``base:`` links) or dict, then
+    ``a.b=value`` overrides.
 
     Raises:
         ConfigError: unknown keys, wrong types, a recipe section of another method, or
             inconsistent values.
     """
-    if isinstance(source, dict):
-        data, where = dict(source), "params dict"
-    else:
-        with open(source) as f, yaml_errors(source):
-            data, where = (yaml.safe_load(f) or {}), str(source)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: a params file must be a mapping")
-    _check_sections(data, where)
+    data = load_params(source, PretrainConfig, overrides)
+    where = "params dict" if isinstance(source, dict) else f"{source} (merged with its bases)"
     if overrides:
-        from_dict(PretrainConfig, apply_overrides({}, list(overrides)), where="--set overrides")
-        apply_overrides(data, list(overrides))
-        _check_sections(data, f"{where} + --set overrides")
+        where += " + --set overrides"
+    _check_sections(data, where)
     cfg: PretrainConfig = from_dict(PretrainConfig, data, where=where)
     validate_pretrain_config(cfg)
     return cfg
@@ -314,9 +300,7 @@ def load_pretrain_config(source: str | Path | dict[str, Any], overrides: list[st
 
 def validate_pretrain_config(cfg: PretrainConfig) -> None:
     t = cfg.train
-    if t.batch_size < 1 or t.batch_per_device < 1 or t.batch_size % t.batch_per_device:
-        raise ConfigError(f"train: batch_size={t.batch_size} must be a positive multiple of "
-                          f"batch_per_device={t.batch_per_device}")
+    validate_train_base(t)
     if t.epochs <= 0:
         raise ConfigError("train.epochs must be positive")
     if not 0 <= t.warmup_epochs < t.epochs:
@@ -325,8 +309,6 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
     bad = [e for e in t.save_epochs if not 0 < e <= t.epochs]
     if bad:
         raise ConfigError(f"train.save_epochs {bad} lie outside (0, epochs={t.epochs}]")
-    if t.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"train.device: {t.device!r} is not one of ['auto', 'cpu', 'cuda']")
     vit = cfg.encoder.vit()
     if vit.pretrain_img_size % vit.patch_size:
         raise ConfigError("encoder: img_size must be a multiple of patch_size")

@@ -31,7 +31,7 @@ def experiment_overrides(*, size_overrides: list[str] = (), init_kind: str = "ra
     if epochs is not None:
         out += [f"train.epochs={float(epochs)}", "train.max_iters=null"]
     for key, value in (("train.lr", lr), ("train.weight_decay", weight_decay),
-                       ("train.drop_path", drop_path), ("train.seed", seed)):
+                       ("model.backbone.drop_path_rate", drop_path), ("train.seed", seed)):
         if value is not None:
             out.append(f"{key}={value}")
     if work_dir:
@@ -54,7 +54,7 @@ def finetune(*, run_name: str, record_path: str, work_dir: str, params: str,
     """Fine-tune and evaluate one detector; the record keeps the final evaluations (validation
     split: ``bbox/AP`` ...; test split, when the data has one: ``test/bbox/AP`` ...), the
     intermediate ones, training speed and memory, and the predictions' location."""
-    from vitdet_lib.engine.run import prepare_data
+    from vitdet_lib.data.prepare import prepare_data
 
     work = fresh_dir(work_dir, fresh)
     cfg = load_run_experiment(params, size_overrides=size_overrides, init_kind=init_kind,
@@ -90,8 +90,7 @@ def finetune(*, run_name: str, record_path: str, work_dir: str, params: str,
                    attention=cfg.model.backbone.attention.value,
                    multi_scale=cfg.model.detector.multi_scale, seed=cfg.train.seed,
                    lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                   drop_path=cfg.train.drop_path if cfg.train.drop_path is not None
-                   else cfg.model.backbone.drop_path_rate)
+                   drop_path=cfg.model.backbone.drop_path_rate)
     paths = prepare_data(cfg.data)
     # the converter's key report (layout, loaded / dropped / new keys) travels with the result
     init_report = rec.read_record(work / "init_report.json")

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from vitdet_lib.complexity import measure
-from vitdet_lib.engine.run import effective_model_config
 from vitdet_lib.model import build_detector, build_resnet_detector
 
 from .. import records as rec
@@ -55,7 +54,7 @@ def memory_time(*, run_name: str, record_path: str, results_dir: str, params: st
         row: dict[str, Any] = {"layout": layout}
         try:
             torch.manual_seed(0)
-            model = build_detector(effective_model_config(cfg))
+            model = build_detector(cfg.model)
             report = measure(model, run_name, cfg.model.detector.image_size, layout, _device(),
                              timing=True, iters=iters)
             state = training_state_mb(model)

@@ -1,4 +1,4 @@
-"""A detector-shaped toy model and an in-memory dataset: the engine's test double.
+"""A detector-shaped toy model and an in-memory dataset: the training engine's test double.
 
 They honour the same contracts as the real detector and data loader (losses dict in train
 mode, detections list in eval mode; a loader built per (epoch, start batch) that shards by rank),
@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
+    from vitdet_lib.engine.distributed import DistInfo
+    from vitdet_lib.engine.trainer import TrainData
     from vitdet_lib.experiment import ExperimentConfig
-
-    from .distributed import DistInfo
-    from .trainer import TrainData
 
 Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
 
@@ -115,7 +114,7 @@ def toy_train_data(cfg: ExperimentConfig, info: DistInfo | None = None, *,
                    evaluate: Callable[[nn.Module, str], dict[str, float]] | None = None
                    ) -> TrainData:
     """:class:`TrainData` over a :class:`ToyDataset`, sharded for ``info``'s rank."""
-    from .trainer import TrainData
+    from vitdet_lib.engine.trainer import TrainData
 
     rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
     dataset = ToyDataset(num_images, image_size, seed=cfg.train.seed)
