@@ -199,15 +199,13 @@ def _pretrain_row(row: PlanRow, p: dict[str, Any], v: Validator) -> None:
 
 def _price(result: Plan, configs: dict[str, Any], cache_dir: str | Path, steps: int,
            echo: Callable[[str], None]) -> None:
-    from vitdet_lib.engine.run import effective_model_config
-
     by_run = {r.run: r for r in result.rows}
     here_tflops: float | None = None
     estimates: list[cost.DeviceEstimate] = []
     for name, cfg in configs.items():
         row = by_run[name]
         device = cost.run_device(cfg.train.device)
-        model = effective_model_config(cfg)
+        model = cfg.model
         amp = getattr(cfg.train.amp, "value", cfg.train.amp)
         key = cost.cache_key(model, row.image_size, row.batch_per_device,
                              cost.measured_amp(amp, device), cost.device_name(device))

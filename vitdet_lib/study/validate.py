@@ -169,7 +169,6 @@ class Validator:
         """Load ``cfg.init`` through its converter into the run's backbone (memoised)."""
         from vitdet_lib.checkpoint import initialize_backbone
         from vitdet_lib.checkpoint.report import CheckpointError
-        from vitdet_lib.engine.run import effective_model_config
         from vitdet_lib.model.vit import ViT
 
         path = cfg.init.checkpoint
@@ -179,7 +178,7 @@ class Validator:
             self.problems.add(f"checkpoint {path} not found (init.kind={cfg.init.kind.value})",
                               run)
             return
-        model = effective_model_config(cfg)
+        model = cfg.model
         key = json.dumps([to_dict(cfg.init), to_dict(model.backbone),
                           model.detector.image_size], sort_keys=True, default=str)
         if key not in self._ckpt_memo:
