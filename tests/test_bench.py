@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,13 +49,17 @@ def test_bench_command_writes_record(tmp_path):
     argv = ["bench", "--size", "mini", "--layouts", "window", "hybrid", "global",
             "--image-sizes", "64", "128", "--train-sizes", "64", "128", "--iters", "1",
             "--detector-image-size", "64", "--detector-layouts", "hybrid", "global_checkpoint", "--detector-set", "box_batch_size_per_image=32", "detections_per_img=5", "rpn_post_nms_top_n_train=50", "rpn_post_nms_top_n_test=20", "--data-images", "4", "--data-source-size", "64",
-            "--data-workers", "0", "--threads", "1", "--probe-size", "256", "--json", str(out)]
+            "--data-workers", "0", "--threads", "1", "--device", "cpu", "--probe-size", "256",
+            "--json", str(out)]
     assert main(argv) == 0
     rec = json.loads(out.read_text())
     for key in ("command", "env", "threads", "probe_gflops_s", "backbone", "detector", "data",
                 "flops_convention", "load_avg_start"):
         assert key in rec, key
-    assert rec["threads"] == 1 and rec["env"]["git_commit"] is not None
+    assert rec["threads"] == 1 and rec["env"]["device"].startswith("CPU")
+    head = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=Path(__file__).parent,
+                          capture_output=True, text=True, check=False)
+    assert rec["env"]["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     rows = rec["backbone"]["rows"]
     assert {(r["layout"], r["image_size"]) for r in rows} == {
         (lay, s) for lay in ("window", "hybrid", "global") for s in (64, 128)}
@@ -135,13 +141,14 @@ def test_bench_memory_sees_activation_checkpointing(tmp_path):
     activations that checkpointing frees (the two layouts would then read the same)."""
     out = tmp_path / "bench.json"
     assert main(["bench", "--parts", "backbone", "--size", "mini", "--layouts", "global", "global_checkpoint",
-                 "--image-sizes", "128", "--train-sizes", "128", "--threads", "1", "--probe-size", "128",
+                 "--image-sizes", "128", "--train-sizes", "128", "--threads", "1", "--device", "cpu",
+                 "--probe-size", "128",
                  "--json", str(out)]) == 0
     rows = {r["layout"]: r for r in json.loads(out.read_text())["backbone"]["rows"]}
     assert rows["global_checkpoint"]["train_peak_mb"] < 0.8 * rows["global"]["train_peak_mb"]
 
 
-def test_naive_attention_reference_matches_and_costs_more_memory(tmp_path):
+def test_naive_attention_reference_matches_fused():
     from vitdet_lib.model.attention import naive_attention
     from vitdet_lib.model.pos import GridBias
 
@@ -153,10 +160,13 @@ def test_naive_attention_reference_matches_and_costs_more_memory(tmp_path):
         naive = biased_attention(q, k, v, GridBias.from_table(table, (3, 4)))
     torch.testing.assert_close(fused, naive)
 
+
+@pytest.mark.slow  # a ViT at 256 px, trained once per layout and attention implementation
+def test_bench_naive_attention_costs_more_memory(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--parts", "backbone", "--size", "mini", "--layouts", "hybrid", "global",
                  "--attention-impls", "fused", "naive", "--image-sizes", "256", "--train-sizes", "256",
-                 "--threads", "1", "--probe-size", "128", "--json", str(out)]) == 0
+                 "--threads", "1", "--device", "cpu", "--probe-size", "128", "--json", str(out)]) == 0
     rec = json.loads(out.read_text())["backbone"]
     rows = {(r["layout"], r["impl"]): r for r in rec["rows"]}
     assert len(rows) == 4

@@ -5,12 +5,12 @@ import json
 import checkpoint_fakes as fakes
 import pytest
 import torch
+from pos_reference import abs_pos_reference, rel_table_reference
 
 from vitdet_lib import cli
 from vitdet_lib.checkpoint import InitConfig, initialize_backbone
 from vitdet_lib.config import DetectorConfig, ModelConfig, vit_config
 from vitdet_lib.model import build_detector
-from vitdet_lib.model.pos import resize_abs_pos, resize_rel_table
 from vitdet_lib.model.vit import ViT
 
 VIT = dict(patch_size=16, embed_dim=64, depth=8, num_heads=2, pretrain_img_size=32, drop_path_rate=0.0)
@@ -49,9 +49,12 @@ def test_detector_to_another_input_size_resizes_position_information():
     state = detector_state(image_size=64)  # 4x4 grid
     vit = ViT(vit_config("tiny", **VIT, layer_scale_init=0.1), img_size=128)  # 8x8 grid
     report = initialize_backbone(vit, InitConfig("detector"), checkpoint={"model": state})
-    torch.testing.assert_close(vit.pos_embed.data, resize_abs_pos(state["backbone.vit.pos_embed"], (8, 8)))
+    stored_pos = state["backbone.vit.pos_embed"]  # [1, 4, 4, C]
+    assert stored_pos.shape == (1, 4, 4, 64)
+    torch.testing.assert_close(vit.pos_embed.data,
+                               abs_pos_reference(stored_pos.reshape(1, 16, 64), 4, (8, 8)))
     torch.testing.assert_close(vit.rel_pos_global_table.data,
-                               resize_rel_table(state["backbone.vit.rel_pos_global_table"], 15))
+                               rel_table_reference(state["backbone.vit.rel_pos_global_table"], 7, 15))
     torch.testing.assert_close(vit.rel_pos_window_table.data, state["backbone.vit.rel_pos_window_table"])
     assert {c.key for c in report.shape_changes} == {"pos_embed", "rel_pos_global_table"}
 

@@ -15,21 +15,42 @@ from vitdet_lib.checkpoint import (
     unwrap_state,
 )
 from vitdet_lib.config import vit_config
-from vitdet_lib.model.pos import resize_abs_pos
 from vitdet_lib.model.vit import ViT
 
 IMG = 224  # 14x14 grid: the window is the whole grid, so no resize blurs the value checks
 
 
 @pytest.fixture(scope="module")
-def vit_b() -> ViT:
+def _vit_b() -> ViT:
     return ViT(vit_config("base"), img_size=IMG)
 
 
 @pytest.fixture(scope="module")
-def vit_b_ls() -> ViT:
-    """ViT-B with layer scale, as BEiT needs."""
+def _vit_b_ls() -> ViT:
     return ViT(vit_config("base", layer_scale_init=0.1), img_size=IMG)
+
+
+def _poisoned(vit: ViT) -> ViT:
+    """``vit`` with every floating weight and buffer set to NaN: the models are built once per
+    module for speed, but nothing a previous test loaded may survive into the next (where it
+    would pass for a value this test's loading put there), and any weight this test's loading
+    leaves untouched shows as NaN."""
+    with torch.no_grad():
+        for tensor in vit.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.fill_(float("nan"))
+    return vit
+
+
+@pytest.fixture
+def vit_b(_vit_b) -> ViT:
+    return _poisoned(_vit_b)
+
+
+@pytest.fixture
+def vit_b_ls(_vit_b_ls) -> ViT:
+    """ViT-B with layer scale, as BEiT needs."""
+    return _poisoned(_vit_b_ls)
 
 
 def assert_strict(report: LoadReport, checkpoint: dict, vit: ViT, new: set[str]) -> None:
@@ -44,6 +65,15 @@ def assert_strict(report: LoadReport, checkpoint: dict, vit: ViT, new: set[str])
     assert set(report.missing) == new
     assert set(report.loaded) | new == set(vit.state_dict())
     assert not set(report.loaded) & new
+    for key in new & ZERO_TABLES:  # declared new and zero-initialised: really zeros now
+        assert torch.count_nonzero(vit.state_dict()[key]) == 0, key
+    assert_all_written(vit)
+
+
+def assert_all_written(vit: ViT) -> None:
+    """No weight is left at the NaN the fixtures put there."""
+    nan = [k for k, v in vit.state_dict().items() if v.is_floating_point() and v.isnan().any()]
+    assert not nan, f"left at their poisoned value: {nan[:5]}"
 
 
 def assert_encoder_landed(vit: ViT, enc: dict[str, torch.Tensor], skip_qkv_bias: bool = False) -> None:
@@ -65,7 +95,8 @@ def test_mae(vit_b, decoder):
     assert report.layout == "timm" and (report.rel_pos_init, report.abs_pos_init) == ("zero", "pretrained")
     assert_strict(report, ck, vit_b, new=ZERO_TABLES)
     assert_encoder_landed(vit_b, fakes.encoder())
-    torch.testing.assert_close(vit_b.pos_embed.data, resize_abs_pos(ck["model"]["pos_embed"], (14, 14), 1))
+    # the same 14x14 grid: stored row-major after the class slot, taken as is
+    torch.testing.assert_close(vit_b.pos_embed.data, ck["model"]["pos_embed"][:, 1:].reshape(1, 14, 14, 768))
     assert "norm.weight" in report.dropped and "cls_token" in report.dropped
     if decoder:
         assert "MAE decoder" in report.dropped["decoder_blocks.7.mlp.fc2.weight"]
@@ -82,8 +113,8 @@ def test_mocov3(vit_b):
     assert "momentum encoder" in dropped["module.momentum_encoder.blocks.0.attn.qkv.weight"]
     assert "predictor" in dropped["module.predictor.3.weight"]
     assert "projection MLP" in dropped["module.base_encoder.head.6.weight"]
-    torch.testing.assert_close(vit_b.pos_embed.data,
-                               resize_abs_pos(ck["state_dict"]["module.base_encoder.pos_embed"], (14, 14), 1))
+    stored = ck["state_dict"]["module.base_encoder.pos_embed"]
+    torch.testing.assert_close(vit_b.pos_embed.data, stored[:, 1:].reshape(1, 14, 14, 768))
 
 
 def test_mocov3_after_its_convert_to_deit(vit_b):
@@ -93,6 +124,7 @@ def test_mocov3_after_its_convert_to_deit(vit_b):
     report = initialize_backbone(vit_b, InitConfig(kind="mocov3"), checkpoint={"model": state})
     assert report.layout == "timm"
     assert_encoder_landed(vit_b, fakes.encoder())
+    assert_all_written(vit_b)
 
 
 @pytest.mark.parametrize("distilled", [False, True], ids=["deit", "deit-distilled"])

@@ -3,11 +3,12 @@
 import checkpoint_fakes as fakes
 import pytest
 import torch
+from pos_reference import abs_pos_reference, rel_table_reference
 
 from vitdet_lib.checkpoint import CheckpointError, InitConfig, initialize_backbone, resolve_pos_init
 from vitdet_lib.checkpoint.init import AbsPosInit, InitKind, RelPosInit
 from vitdet_lib.config import AttentionLayout, ConfigError, RelPos, from_dict, vit_config
-from vitdet_lib.model.pos import rel_pos_bias, resize_abs_pos, resize_rel_table, sincos_pos_embed
+from vitdet_lib.model.pos import rel_pos_bias, sincos_pos_embed
 from vitdet_lib.model.vit import ViT
 
 # ------------------------------------------------------------------ stored sin-cos layouts
@@ -26,8 +27,18 @@ NARROW = dict(dim=64, depth=4, heads=2, patch=16, grid=14)
 
 
 @pytest.fixture(scope="module")
-def narrow_1024() -> ViT:
+def _narrow_1024() -> ViT:
     return ViT(vit_config("base", embed_dim=64, depth=4, num_heads=2), img_size=1024)
+
+
+@pytest.fixture
+def narrow_1024(_narrow_1024) -> ViT:
+    """Built once, NaN-filled before each test: no value a previous test loaded survives."""
+    with torch.no_grad():
+        for tensor in _narrow_1024.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.fill_(float("nan"))
+    return _narrow_1024
 
 
 @pytest.mark.parametrize("kind,own,other", [
@@ -40,12 +51,14 @@ def test_sincos_taken_as_stored_and_resized_to_1024(narrow_1024, kind, own, othe
     stored = torch.cat([torch.zeros(1, 64), own(64, 14)])[None]
     loaded = narrow_1024.pos_embed.data
     assert loaded.shape == (1, 64, 64, 64)
-    torch.testing.assert_close(loaded, resize_abs_pos(stored, (64, 64), num_prefix_tokens=1))
-    wrong = resize_abs_pos(torch.cat([torch.zeros(1, 64), other(64, 14)])[None], (64, 64), 1)
+    torch.testing.assert_close(loaded, abs_pos_reference(stored, 14, (64, 64), prefix=1))
+    wrong = abs_pos_reference(torch.cat([torch.zeros(1, 64), other(64, 14)])[None], 14, (64, 64), 1)
     assert not torch.allclose(loaded, wrong, atol=1e-2)
     (change,) = report.shape_changes
     assert (change.key, change.stored, change.loaded) == ("pos_embed", [1, 197, 64], [1, 64, 64, 64])
     assert "bicubic 14x14 -> 64x64" in change.how
+    assert not any(v.isnan().any() for v in narrow_1024.state_dict().values()
+                   if v.is_floating_point())
 
 
 def test_beit_vit_b_tables_at_1024():
@@ -55,7 +68,7 @@ def test_beit_vit_b_tables_at_1024():
     grid_rows = ck["model"]["rel_pos_bias.relative_position_bias_table"][:729]  # 27x27 offsets
     torch.testing.assert_close(vit.rel_pos_window_table.data, grid_rows)  # window 14: 27x27 kept
     assert vit.rel_pos_global_table.shape == (127 * 127, 12)  # global 64x64 grid: 127x127
-    torch.testing.assert_close(vit.rel_pos_global_table.data, resize_rel_table(grid_rows, 127))
+    torch.testing.assert_close(vit.rel_pos_global_table.data, rel_table_reference(grid_rows, 27, 127))
     changes = {c.key: c for c in report.shape_changes}
     assert changes["rel_pos_window_table"].stored == [732, 12] and changes["rel_pos_window_table"].loaded == [729, 12]
     assert changes["rel_pos_global_table"].loaded == [16129, 12]
@@ -64,6 +77,32 @@ def test_beit_vit_b_tables_at_1024():
     idx = fakes.beit_index(14)
     beit_bias = grid_rows[idx.reshape(-1)].reshape(196, 196, 12).permute(2, 0, 1)
     torch.testing.assert_close(rel_pos_bias(vit.rel_pos_window_table.data, (14, 14)), beit_bias)
+
+
+def test_rel_table_resize_scales_offsets_linearly():
+    """A table linear in the offsets, b(dy, dx) = 3 dy - 2 dx + 1, resized from 27x27 offsets
+    (+-13) to 127x127 (+-63): offset d' reads the stored plane at d' * 13/63. Where that is a
+    stored offset (d' = 0, +-63) the value is the stored one exactly; elsewhere, two stored
+    samples or more from the border (where bicubic replicates the edge), PyTorch's kernel
+    (a = -0.75) follows the plane within 0.25 (align_corners=False, or transposed or unscaled
+    offsets, would be off by more than 1)."""
+    # ViT-B's grids (14x14 pre-training, 64x64 at 1024) and 12 heads, narrow and shallow
+    vit = ViT(vit_config("base", embed_dim=48, depth=4, num_heads=12, layer_scale_init=0.1),
+              img_size=1024)
+    ck = fakes.beit(dim=48, depth=4, heads=12, patch=16, grid=14)
+    dy, dx = torch.meshgrid(torch.arange(-13.0, 14), torch.arange(-13.0, 14), indexing="ij")
+    linear = (3 * dy - 2 * dx + 1).reshape(-1, 1).repeat(1, 12)
+    ck["model"]["rel_pos_bias.relative_position_bias_table"][:729] = linear
+    initialize_backbone(vit, InitConfig(kind="beit"), checkpoint=ck)
+    got = vit.rel_pos_global_table.data.reshape(127, 127, 12)  # [dy' + 63, dx' + 63, head]
+    for (iy, ix), (sy, sx) in {(63, 63): (0, 0), (0, 63): (-13, 0), (63, 126): (0, 13),
+                               (0, 0): (-13, -13), (126, 0): (13, -13)}.items():
+        torch.testing.assert_close(got[iy, ix], torch.full((12,), 3.0 * sy - 2 * sx + 1))
+    ny, nx = torch.meshgrid(torch.arange(-63.0, 64), torch.arange(-63.0, 64), indexing="ij")
+    want = (3 * ny - 2 * nx) * 13 / 63 + 1
+    inner = slice(10, 117)  # |d'| <= 53: two stored samples (2 x 63/13 px) from the border
+    for head in (0, 11):
+        torch.testing.assert_close(got[inner, inner, head], want[inner, inner], atol=0.25, rtol=0)
 
 
 # ------------------------------------------------------------------ Table 4 treatments on a tiny ViT
@@ -122,7 +161,7 @@ def test_abs_random_and_none(abs_init):
     if abs_init == "none":
         assert vit.pos_embed is None and "pos_embed" not in vit.state_dict()
     else:
-        stored = resize_abs_pos(ck["model"]["pos_embed"], (8, 8), 1)
+        stored = abs_pos_reference(ck["model"]["pos_embed"], 4, (8, 8), prefix=1)
         assert not torch.allclose(vit.pos_embed.data, stored, atol=0.1)
         assert "abs_pos_init=random" in report.missing["pos_embed"] and 0.005 < vit.pos_embed.std() < 0.05
 
@@ -134,7 +173,7 @@ def test_beit_defaults_and_window_only_layout_with_a_larger_window():
     report = initialize_backbone(vit, InitConfig("beit"), checkpoint=ck)
     assert vit.rel_pos_global_table is None
     rows = ck["model"]["rel_pos_bias.relative_position_bias_table"][:49]
-    torch.testing.assert_close(vit.rel_pos_window_table.data, resize_rel_table(rows, 11))
+    torch.testing.assert_close(vit.rel_pos_window_table.data, rel_table_reference(rows, 7, 11))
     assert set(report.missing) == {"pos_embed"}
 
 

@@ -55,8 +55,8 @@ def test_measure_reports_memory_and_time():
 
 def test_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "c.json"
-    cli.main(["complexity", "--size", "mini", "--image-size", "64", "--no-timing",
-              "--num-classes", "3", "--json", str(out)])
+    assert cli.main(["complexity", "--size", "mini", "--image-size", "64", "--no-timing",
+                     "--num-classes", "3", "--device", "cpu", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["reports"]
     assert rows[0]["model"] == "ViT-mini" and rows[0]["params"]["total"] > 0
     assert "GMACs" in capsys.readouterr().out

@@ -11,7 +11,7 @@ import torch
 
 from vitdet_lib.data.coco import coco_split_paths
 from vitdet_lib.data.fashion import _pool_digest, _pools, fashion_mnist_dir, write_fashion_scenes
-from vitdet_lib.engine.run import effective_model_config, evaluate, prepare_data
+from vitdet_lib.engine.run import evaluate, prepare_data
 from vitdet_lib.experiment import GeneratedDataConfig, load_experiment
 from vitdet_lib.model import build_detector
 
@@ -84,7 +84,7 @@ def test_prepare_data_writes_and_returns_the_test_split(tmp_path):
 def test_evaluate_on_the_test_split(tmp_path):
     cfg = _tiny(tmp_path, 3)
     torch.manual_seed(0)
-    model = build_detector(effective_model_config(cfg))
+    model = build_detector(cfg.model)
     weights = tmp_path / "weights.pth"
     torch.save(model.state_dict(), weights)
     metrics = evaluate(cfg, weights, split="test")

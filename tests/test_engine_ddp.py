@@ -1,11 +1,13 @@
-"""2-process DDP (gloo, CPU) trains the same model as 1 process at the same effective batch."""
-import os
-import socket
+"""2-process DDP (gloo, CPU) trains the same model as 1 process at the same effective batch,
+and a 2-process run killed mid-schedule resumes to the uninterrupted run's weights."""
+import json
 
+import pytest
 import torch
-import torch.multiprocessing as mp
 from engine_toy import ToyDetector, toy_train_data
+from gloo import run_gloo
 
+from vitdet_lib.engine import checkpoint as ckpt
 from vitdet_lib.engine import distributed as du
 from vitdet_lib.engine.trainer import Trainer
 from vitdet_lib.experiment import load_experiment
@@ -22,41 +24,61 @@ def _cfg(out):
         "checkpoint_every": 4, "log_every": 4, "num_workers": 0, "device": "cpu"}})
 
 
-def _run(cfg, info=None):
-    torch.manual_seed(123)  # identical initial weights (DDP also broadcasts rank 0's)
-    trainer = Trainer(cfg, ToyDetector(dropout=0.0), toy_train_data(cfg, info), info)
-    return trainer, trainer.run()
+def _trainer(cfg, info=None, init_seed=123, dropout=0.1):
+    torch.manual_seed(init_seed)  # initial weights (DDP then broadcasts rank 0's)
+    return Trainer(cfg, ToyDetector(dropout=dropout), toy_train_data(cfg, info), info)
 
 
-def _worker(rank, world_size, port, out, result):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _worker(rank, out):
+    """Rank ``rank`` of three 2-process runs: one without dropout (to compare with a single
+    process), one uninterrupted with dropout, and one with dropout killed after step 6 and
+    resumed by a new trainer."""
     info = du.init_distributed("cpu")
-    try:
-        trainer, summary = _run(_cfg(out), info)
-        if info.is_main:
-            torch.save({"model": trainer.model.state_dict(), "summary": summary}, result)
-    finally:
-        du.shutdown()
+    assert (info.rank, info.world_size) == (rank, 2)
+    plain = _trainer(_cfg(out / "plain"), info, dropout=0.0)
+    plain_summary = plain.run()
+    full = _trainer(_cfg(out / "full"), info)
+    full.run()
+    cut = _cfg(out / "cut")
+    assert _trainer(cut, info).run(stop_at=6) == {"stopped_at": 6}  # last.pth: step 4
+    # the resuming processes start from other weights and RNG states, per rank
+    resumed = _trainer(cut, info, init_seed=1000 + rank)
+    torch.manual_seed(77 + rank)
+    resumed.run()
+    torch.save({"plain": plain.model.state_dict(), "summary": plain_summary,
+                "full": full.model.state_dict(), "resumed": resumed.model.state_dict(),
+                "resumed_calls": resumed.model.train_calls}, out / f"rank{rank}.pth")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    run_gloo(_worker, out, out)
+    return out, [torch.load(out / f"rank{r}.pth", weights_only=False) for r in (0, 1)]
 
 
-def test_two_process_ddp_matches_single_process(tmp_path):
-    result = tmp_path / "ddp.pth"
-    mp.start_processes(_worker, args=(2, _free_port(), tmp_path / "ddp", result), nprocs=2,
-                       start_method="spawn")
-    ddp = torch.load(result, weights_only=False)
-    single, summary = _run(_cfg(tmp_path / "single"))
-    assert (summary["accumulation"], ddp["summary"]["accumulation"]) == (4, 2)
-    assert ddp["summary"]["world_size"] == 2 and ddp["summary"]["iterations"] == 8
+def test_two_process_ddp_matches_single_process(ddp_runs, tmp_path):
+    _, ranks = ddp_runs
+    single = _trainer(_cfg(tmp_path / "single"), dropout=0.0)
+    summary = single.run()
+    ddp = ranks[0]["summary"]
+    assert (summary["accumulation"], ddp["accumulation"]) == (4, 2)
+    assert ddp["world_size"] == 2 and ddp["iterations"] == 8
     for name, value in single.model.state_dict().items():
-        torch.testing.assert_close(ddp["model"][name], value, **TOLERANCE, msg=name)
+        torch.testing.assert_close(ranks[0]["plain"][name], value, **TOLERANCE, msg=name)
+        assert torch.equal(ranks[0]["plain"][name], ranks[1]["plain"][name]), name
+
+
+def test_two_process_run_killed_and_resumed_equals_uninterrupted(ddp_runs):
+    out, ranks = ddp_runs
+    for rank in ranks:
+        # each rank ran steps 5-8 only after resuming: 4 steps x 2 micro-batches
+        assert rank["resumed_calls"] == 4 * 2
+        for name, value in rank["full"].items():
+            assert torch.equal(value, rank["resumed"][name]), name  # bitwise on CPU
+            assert torch.equal(value, ranks[0]["full"][name]), name  # replicas stayed equal
     # rank 0 alone wrote the records; the checkpoint holds both ranks' RNG states
-    state = torch.load(tmp_path / "ddp" / "last.pth", weights_only=True)
-    assert len(state["rng"]) == 2 and state["world_size"] == 2
+    state = ckpt.load_checkpoint(out / "cut" / "last.pth")
+    assert len(state["rng"]) == 2 and state["world_size"] == 2 and state["iteration"] == 8
+    iters = [json.loads(line)["iter"] for line in (out / "cut" / "metrics.jsonl").open()]
+    assert iters == [1, 4, 8]

@@ -179,7 +179,7 @@ def test_ctrl_c_from_the_command_line_exits_130_with_the_resume_command(tmp_path
 
     # a shorter schedule is a change: refused, then allowed with the flag and recorded
     shorter = [*args, "--set", f"train.max_iters={step + 2}"]
-    assert cli.main(["train", *shorter]) == 1
+    assert cli.main(["train", *shorter]) == 2  # a refused change is bad input
     assert cli.main(["train", *shorter, "--allow-changes"]) == 0
     assert ckpt.load_checkpoint(out / "last.pth")["iteration"] == step + 2
     change = json.loads((out / CHANGES_NAME).read_text())

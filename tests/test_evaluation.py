@@ -165,3 +165,17 @@ def test_save_coco_results_atomic(tmp_path: Path) -> None:
     path = save_coco_results(tmp_path / "sub/results.json", [{"image_id": 1}])
     assert json.loads(path.read_text()) == [{"image_id": 1}]
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]
+
+
+def test_malformed_inputs_are_refused(dataset: CocoDetection) -> None:
+    results = _results(dataset)
+    with pytest.raises(ValueError, match="2 outputs but 1 image ids"):
+        predictions_to_coco([{}, {}], [1], dataset.label_to_cat_id)
+    with pytest.raises(ValueError, match="iou_type must be 'bbox' or 'segm'"):
+        coco_evaluate(dataset.coco, results, iou_types=("keypoints",))
+    boxes_only = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+    with pytest.raises(ValueError, match="segm evaluation needs 'segmentation'"):
+        coco_evaluate(dataset.coco, boxes_only, iou_types=("segm",))
+    # without masks a model is scored on boxes alone (no segm keys), not refused
+    assert set(coco_evaluate(dataset.coco, boxes_only, iou_types=("bbox",))) == {
+        f"bbox/{m}" for m in METRIC_NAMES}

@@ -1,4 +1,6 @@
 """Pre-training building blocks: position tables, masks, tokenizer, config, evaluation."""
+from pathlib import Path
+
 import pytest
 import torch
 from pretrain_tiny import one_thread, tiny_cfg, train_images  # noqa: F401 (fixture)
@@ -17,6 +19,8 @@ from vitdet_lib.pretrain.evaluate import (
 from vitdet_lib.pretrain.masking import blockwise_mask, blockwise_masks, random_masking
 from vitdet_lib.pretrain.methods import build_method, patchify, unpatchify
 from vitdet_lib.pretrain.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+PARAMS = Path(__file__).resolve().parents[1] / "params"  # whatever the working directory
 
 
 def test_sincos_layouts_mae_and_mocov3():
@@ -113,11 +117,11 @@ def test_config_is_strict(tmp_path):
     with pytest.raises(ConfigError, match="another method"):
         load_pretrain_config({"method": "mae", "mocov3": {"temperature": 0.2}})
     with pytest.raises(ConfigError, match="warmup_epochs"):
-        load_pretrain_config("params/pretrain_mae.yaml", ["train.epochs=2"])  # warmup 5
+        load_pretrain_config(PARAMS / "pretrain_mae.yaml", ["train.epochs=2"])  # warmup 5
     with pytest.raises(ConfigError, match="save_epochs"):
         load_pretrain_config({"method": "mae", "train": {"epochs": 2, "save_epochs": [3]}})
     for method in ("supervised", "mocov3", "beit", "mae"):  # the shipped params files load
-        cfg = load_pretrain_config(f"params/pretrain_{method}.yaml")
+        cfg = load_pretrain_config(PARAMS / f"pretrain_{method}.yaml")
         assert cfg.method.value == method and cfg.encoder.vit().embed_dim == 192
 
 
@@ -132,10 +136,15 @@ def test_knn_accuracy_and_mae_figure_run(tmp_path):
     cfg = tiny_cfg("mae")
     method = build_method(cfg)
     images, labels = train_images(256)
+    kw = {"img_size": 32, "pixel_mean": cfg.data.pixel_mean, "pixel_std": cfg.data.pixel_std}
     acc = knn_accuracy(method.encoder(), train_images=images[:200], train_labels=labels[:200],
-                       test_images=images[200:], test_labels=labels[200:], img_size=32,
-                       pixel_mean=cfg.data.pixel_mean, pixel_std=cfg.data.pixel_std, k=5)
-    assert 0.0 <= acc <= 1.0
+                       test_images=images[200:], test_labels=labels[200:], k=5, **kw)
+    assert acc * 56 == pytest.approx(round(acc * 56))  # a fraction of the 56 test images
+    # queries that are the bank itself: each one's nearest neighbour is its own image
+    same = {"train_images": images[:60], "train_labels": labels[:60], "test_images": images[:60]}
+    assert knn_accuracy(method.encoder(), **same, test_labels=labels[:60], k=1, **kw) == 1.0
+    wrong = (labels[:60] + 1) % 10
+    assert knn_accuracy(method.encoder(), **same, test_labels=wrong, k=1, **kw) == 0.0
     path = mae_reconstruction_figure(method.net, images[:4], tmp_path / "rec.png",
                                      pixel_mean=cfg.data.pixel_mean, pixel_std=cfg.data.pixel_std)
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"

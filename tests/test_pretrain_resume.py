@@ -1,16 +1,15 @@
 """Pre-training resumes exactly, runs under 2-process DDP, drives from the CLI, and its
 checkpoints load into the detection backbone through the official-layout converters."""
 import json
-import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from gloo import run_gloo
 from pretrain_tiny import METHODS, one_thread, tiny_cfg, train_images  # noqa: F401 (fixture)
 
 from vitdet_lib.checkpoint import InitConfig, initialize_backbone
 from vitdet_lib.config import vit_config
+from vitdet_lib.engine import NonFiniteLossError
 from vitdet_lib.engine import distributed as du
 from vitdet_lib.model.vit import ViT
 from vitdet_lib.pretrain.engine import Pretrainer, pretrain
@@ -40,32 +39,35 @@ def test_resume_mid_epoch_is_exact(tmp_path):
         assert torch.equal(value, resumed[key]), key
     logs = [json.loads(ln) for ln in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs if r["type"] == "step"] == list(range(1, 7))
+    # the second process started at step 4 (a run that ignored last.pth would start at 0)
+    assert [r["step"] for r in logs if r["type"] == "start"] == [0, 4]
     ref = [json.loads(ln) for ln in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert ([r["loss"] for r in logs if r["type"] == "step"]
             == [r["loss"] for r in ref if r["type"] == "step"])
 
 
-def _worker(rank, world_size, port, out, method="mocov3", batch_per_device=16):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    """lr 1e30: Adam's first step moves every weight by ~1e30, the second forward overflows."""
+    images, labels = train_images(256)
+    cfg = tiny_cfg("mae", train={"epochs": 2, "lr": 1e30, "warmup_epochs": 0.0,
+                                 "checkpoint_every": 1})
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at iteration 2"):
+        pretrain(cfg, tmp_path, images=images[:96], labels=labels[:96])
+    state, obj = _final_state(tmp_path)
+    assert obj["step"] == 1
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+
+def _worker(rank, out, method="mocov3", batch_per_device=16):
     info = du.init_distributed("cpu")
-    try:
-        images, labels = train_images(256)
-        # batch 32 = 2 ranks x 16 (MoCo v3 refuses accumulation) or 2 ranks x 2 x 8 (MAE)
-        cfg = tiny_cfg(method, train={"epochs": 1, "batch_per_device": batch_per_device})
-        trainer = Pretrainer(cfg, out, info=info, images=images[:64], labels=labels[:64])
-        trainer.run()
-        params = {n: p.detach() for n, p in trainer.net.named_parameters()}
-        torch.save(params, out / f"params_rank{rank}.pt")
-    finally:
-        du.shutdown()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    images, labels = train_images(256)
+    # batch 32 = 2 ranks x 16 (MoCo v3 refuses accumulation) or 2 ranks x 2 x 8 (MAE)
+    cfg = tiny_cfg(method, train={"epochs": 1, "batch_per_device": batch_per_device})
+    trainer = Pretrainer(cfg, out, info=info, images=images[:64], labels=labels[:64])
+    trainer.run()
+    params = {n: p.detach() for n, p in trainer.net.named_parameters()}
+    torch.save(params, out / f"params_rank{rank}.pt")
 
 
 @pytest.mark.parametrize("method, batch_per_device, accumulation", [("mocov3", 16, 1),
@@ -74,8 +76,7 @@ def test_two_process_ddp_with_accumulation(tmp_path, method, batch_per_device, a
     """MoCo v3 gathers keys across ranks for its negatives and has BatchNorm in its heads;
     MAE accumulates two micro-batches per rank (MoCo v3 may not: its negatives would shrink)."""
     out = tmp_path / "ddp"
-    mp.start_processes(_worker, args=(2, _free_port(), out, method, batch_per_device), nprocs=2,
-                       start_method="spawn")
+    run_gloo(_worker, tmp_path, out, method, batch_per_device)
     state, obj = _final_state(out)
     assert obj["step"] == 2 and obj["world_size"] == 2 and len(obj["rng"]) == 2
     logs = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]

@@ -3,12 +3,15 @@ profile (one run fails on purpose), the records aggregate into Table 1, and a re
 import json
 from pathlib import Path
 
+import pytest
+
 from vitdet_lib.study import aggregate as agg
 from vitdet_lib.study.profile import REPO_ROOT, profile_from_dict
 from vitdet_lib.study.records import load_records
 from vitdet_lib.study.runner import run_study
 
 
+@pytest.mark.slow  # papermill kernels; the default suite's end to end is test_engine_e2e.py
 def test_tiny_profile_through_papermill(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)  # params paths in profiles are relative to the repository
     tiny = ["data.generated.kind=shapes", "model.detector.num_classes=4",

@@ -119,8 +119,8 @@ def test_sweep_widens_then_tunes_drop_path(tmp_path, peak, widened, best_lr):
 
 
 def test_fallback_data_when_fashion_mnist_is_missing(tmp_path, monkeypatch):
-    from vitdet_lib.study import runner as runner_mod
     from vitdet_lib.data.pretrain_shapes import shape_pretrain_images
+    from vitdet_lib.study import runner as runner_mod
 
     monkeypatch.setattr(runner_mod, "fashion_available", lambda: False)
     seen = {}

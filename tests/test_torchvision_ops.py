@@ -1,4 +1,5 @@
-"""torchvision's compiled ops must load: the CPU-only torch wheel breaks them (docs/design.md)."""
+"""torchvision's compiled ops must load: the CPU-only torch wheel breaks them (the CUDA build,
+which also runs on CPU machines, is the one to install)."""
 import torch
 import torchvision
 from torchvision.ops import nms, roi_align

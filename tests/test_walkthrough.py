@@ -89,6 +89,7 @@ def test_explore_headless_renders_once_and_saves(tmp_path, monkeypatch):
     assert (tmp_path / "windows.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # a papermill kernel running the whole notebook
 @pytest.mark.skipif(not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").is_file(),
                     reason="Fashion-MNIST not installed (the walkthrough shows real samples)")
 def test_notebook_runs_headless_with_short_run(tmp_path):
