@@ -50,6 +50,7 @@ class PlanRow:
     step_source: str = ""
     device_hours: dict[str, float] = field(default_factory=dict)
     wall_hours: float | None = None
+    params: int | None = None  # detector parameters (the checkpoint size)
     checkpoint_gb: float | None = None
     note: str = ""
 
@@ -218,8 +219,9 @@ def _price(result: Plan, configs: dict[str, Any], cache_dir: str | Path, steps: 
             here_tflops = cost.probe_tflops(device, amp)
             estimates = cost.device_estimates(step.device, here_tflops)
         row.step_s, row.step_source = step.seconds, f"{step.source} on {step.device}"
-        keep = cfg.train.keep_checkpoints
-        row.checkpoint_gb = step.params * cost.CHECKPOINT_BYTES_PER_PARAM * keep / 1e9
+        row.params = step.params
+        files = cfg.train.keep_checkpoints + 1  # the kept periodic ones + last.pth, a copy
+        row.checkpoint_gb = step.params * cost.CHECKPOINT_BYTES_PER_PARAM * files / 1e9
         if row.iterations is None:
             row.note = (row.note + "; " if row.note else "") + "iterations unknown"
             continue
