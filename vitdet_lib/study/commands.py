@@ -13,18 +13,24 @@ from vitdet_lib.config import ConfigError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .profile import load_profile
+    from .bench_commands import load_cli_profile  # --add-init, and every input checked first
     from .runner import run_study
 
     try:
-        profile = load_profile(args.profile)
+        profile = load_cli_profile(args, validate=True)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        summary = run_study(profile, only=args.only, stage=args.stage, force=args.force,
-                            results_dir=args.results_dir,
-                            echo=lambda line: print(line, flush=True))
+        if profile.launcher.kind.value == "slurm":  # each run a SLURM job (study/slurm.py)
+            from .slurm import SlurmStudyExecutor
+
+            summary = SlurmStudyExecutor(profile, force=args.force, echo=lambda line: print(
+                line, flush=True), results_dir=args.results_dir).run(args.only, args.stage)
+        else:
+            summary = run_study(profile, only=args.only, stage=args.stage, force=args.force,
+                                results_dir=args.results_dir,
+                                echo=lambda line: print(line, flush=True))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -32,15 +38,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .profile import load_profile
+    from .bench_commands import load_cli_profile  # --add-init
     from .runner import run_report
 
     try:
-        profile = load_profile(args.profile)
+        profile = load_cli_profile(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_report(profile, results_dir=args.results_dir, echo=lambda line: print(line, flush=True))
+    run_report(profile, results_dir=args.results_dir, echo=lambda line: print(line, flush=True),
+               add_inits=args.add_init, add_init_all=args.add_init_all)
     return 0
 
 
@@ -63,3 +70,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--profile", required=True)
     r.add_argument("--results-dir", default=None, help="read records from here (see run)")
     r.set_defaults(func=_report)
+    from . import bench_commands  # study plan; --add-init on run and report
+
+    bench_commands.register(sub)

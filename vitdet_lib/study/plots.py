@@ -134,6 +134,9 @@ def tuning_figure(grid: pd.DataFrame, dp: pd.DataFrame, note: str = "") -> Figur
     for ax, init in zip(axes[0], inits):
         data = grid[grid["init"] == init].pivot_table(index="weight_decay", columns="lr",
                                                       values="val APbox", aggfunc="max")
+        if data.empty or data.isna().all().all():  # a partial study: this init's sweep not run
+            _no_run(ax, f"{init}: lr x wd")
+            continue
         sns.heatmap(data, annot=True, fmt=".2f", cmap="viridis", ax=ax, cbar=False)
         ax.set_title(f"{init}: val APbox, lr x wd (dp 0)")
     ax = axes[0][-1]

@@ -351,9 +351,11 @@ def study_state(profile: StudyProfile, results_dir: str | Path | None = None
 
 
 def run_report(profile: StudyProfile, *, executor: Executor | None = None,
-               echo: Callable[[str], None] = print, results_dir: str | Path | None = None
+               echo: Callable[[str], None] = print, results_dir: str | Path | None = None,
+               add_inits: tuple[str, ...] | list[str] = (), add_init_all: bool = False
                ) -> Path:
-    """Render the aggregating notebook into ``<results_dir>/report/``."""
+    """Render the aggregating notebook into ``<results_dir>/report/``; ``add_inits``: the
+    ``--add-init`` specs of the study (``add_init.py``), so their runs count as the profile's."""
     executor = executor or papermill_executor
     cwd = Path.cwd()
     results = (cwd / (results_dir or profile.results_dir)).resolve()
@@ -362,6 +364,7 @@ def run_report(profile: StudyProfile, *, executor: Executor | None = None,
     start = time.perf_counter()
     executor(NOTEBOOKS_DIR / "report.ipynb", out / "report.ipynb",
              {"profile": profile.name, "results_dir": str(results), "out_dir": str(out),
-              "note": profile.note}, cwd)
+              "note": profile.note, "add_inits": list(add_inits), "add_init_all": add_init_all},
+             cwd)
     echo(f"report of {profile.name} rendered into {out} ({time.perf_counter() - start:.1f} s)")
     return out

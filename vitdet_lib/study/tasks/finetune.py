@@ -92,8 +92,10 @@ def finetune(*, run_name: str, record_path: str, work_dir: str, params: str,
                    lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                    drop_path=cfg.model.backbone.drop_path_rate)
     paths = prepare_data(cfg.data)
+    # the converter's key report (layout, loaded / dropped / new keys) travels with the result
+    init_report = rec.read_record(work / "init_report.json")
     record = rec.make_record(
-        run_name, rec.SUCCESS, parameters=parameters, metrics=metrics,
+        run_name, rec.SUCCESS, parameters=parameters, metrics=metrics, init_report=init_report,
         timings={"wall_s": wall, "train_time_s": summary.get("train_time_s")},
         eval_history=history, config=summary.get("config"),
         artifacts={"work_dir": str(work),
