@@ -10,10 +10,11 @@ encoder aliases the base encoder's tensors to save memory.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 
-VIT_B = dict(dim=768, depth=12, heads=12, patch=16, grid=14)
+VIT_B = {"dim": 768, "depth": 12, "heads": 12, "patch": 16, "grid": 14}
 _BLOCK_SHAPES = {  # suffix -> shape as a function of (dim, hidden)
     "norm1.weight": lambda d, h: (d,), "norm1.bias": lambda d, h: (d,),
     "attn.qkv.weight": lambda d, h: (3 * d, d), "attn.qkv.bias": lambda d, h: (3 * d,),
@@ -77,15 +78,18 @@ def mae(dim: int = 768, depth: int = 12, patch: int = 16, grid: int = 14, decode
         **_: int) -> dict:
     """``{"model": ...}`` of an MAE pre-trained encoder (+ the decoder if asked)."""
     sd = dict(encoder(dim, depth, patch))
-    sd.update(cls_token=torch.zeros(1, 1, dim), pos_embed=_with_cls(mae_sincos(dim, grid)), **_norm("norm", dim))
+    sd.update(cls_token=torch.zeros(1, 1, dim), pos_embed=_with_cls(mae_sincos(dim, grid)),
+              **_norm("norm", dim))
     if decoder:  # mae_visualize_*: 512-wide, 8 blocks
         d = 512
         sd.update({"mask_token": torch.zeros(1, 1, d), "decoder_embed.weight": torch.zeros(d, dim),
-                   "decoder_embed.bias": torch.zeros(d), "decoder_pos_embed": torch.zeros(1, 1 + grid * grid, d),
+                   "decoder_embed.bias": torch.zeros(d),
+                   "decoder_pos_embed": torch.zeros(1, 1 + grid * grid, d),
                    "decoder_pred.weight": torch.zeros(patch * patch * 3, d),
                    "decoder_pred.bias": torch.zeros(patch * patch * 3), **_norm("decoder_norm", d)})
         for i in range(8):
-            sd.update({f"decoder_blocks.{i}.{s}": torch.zeros(shape(d, 4 * d)) for s, shape in _BLOCK_SHAPES.items()})
+            sd.update({f"decoder_blocks.{i}.{s}": torch.zeros(shape(d, 4 * d))
+                       for s, shape in _BLOCK_SHAPES.items()})
     return {"model": sd}
 
 
@@ -95,23 +99,27 @@ def deit(dim: int = 768, depth: int = 12, patch: int = 16, grid: int = 14, disti
     g = torch.Generator().manual_seed(1)
     prefix = 2 if distilled else 1
     sd = dict(encoder(dim, depth, patch))
-    sd.update(cls_token=torch.zeros(1, 1, dim), pos_embed=torch.randn(1, prefix + grid * grid, dim, generator=g),
-              **_norm("norm", dim), **{"head.weight": torch.zeros(1000, dim), "head.bias": torch.zeros(1000)})
+    sd.update(cls_token=torch.zeros(1, 1, dim),
+              pos_embed=torch.randn(1, prefix + grid * grid, dim, generator=g),
+              **_norm("norm", dim),
+              **{"head.weight": torch.zeros(1000, dim), "head.bias": torch.zeros(1000)})
     if distilled:
         sd.update(dist_token=torch.zeros(1, 1, dim),
-                  **{"head_dist.weight": torch.zeros(1000, dim), "head_dist.bias": torch.zeros(1000)})
+                  **{"head_dist.weight": torch.zeros(1000, dim),
+                     "head_dist.bias": torch.zeros(1000)})
     return {"model": sd}
 
 
 def _moco_mlp(prefix: str, dims: list[int]) -> dict[str, torch.Tensor]:
     """MoCo v3's _build_mlp: Linear(no bias) [+ BN + ReLU] per layer, last BN without affine."""
     out: dict[str, torch.Tensor] = {}
-    for layer, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+    for layer, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
         lin, bn = 3 * layer, 3 * layer + 1
         out[f"{prefix}.{lin}.weight"] = torch.zeros(d_out, d_in)
         last = layer == len(dims) - 2
         if not last:
-            out.update({f"{prefix}.{bn}.weight": torch.ones(d_out), f"{prefix}.{bn}.bias": torch.zeros(d_out)})
+            out.update({f"{prefix}.{bn}.weight": torch.ones(d_out),
+                        f"{prefix}.{bn}.bias": torch.zeros(d_out)})
         out.update({f"{prefix}.{bn}.running_mean": torch.zeros(d_out),
                     f"{prefix}.{bn}.running_var": torch.ones(d_out),
                     f"{prefix}.{bn}.num_batches_tracked": torch.tensor(0)})
@@ -119,7 +127,8 @@ def _moco_mlp(prefix: str, dims: list[int]) -> dict[str, torch.Tensor]:
 
 
 def mocov3(dim: int = 768, depth: int = 12, patch: int = 16, grid: int = 14, **_: int) -> dict:
-    """``{"epoch", "arch", "state_dict", ...}`` of MoCo v3 pre-training (4096-wide MLPs, 256 out)."""
+    """``{"epoch", "arch", "state_dict", ...}`` of MoCo v3 pre-training
+    (4096-wide MLPs, 256 out)."""
     enc = dict(encoder(dim, depth, patch))
     enc.update(cls_token=torch.zeros(1, 1, dim), pos_embed=_with_cls(mocov3_sincos(dim, grid)),
                **_norm("norm", dim), **_moco_mlp("head", [dim, 4096, 4096, 256]))
@@ -143,12 +152,14 @@ def beit(dim: int = 768, depth: int = 12, patch: int = 16, grid: int = 14, heads
                    f"blocks.{i}.gamma_1": torch.rand(dim, generator=g),
                    f"blocks.{i}.gamma_2": torch.rand(dim, generator=g)})
         if per_block:
-            sd[f"blocks.{i}.attn.relative_position_bias_table"] = torch.randn(rows, heads, generator=g)
+            sd[f"blocks.{i}.attn.relative_position_bias_table"] = torch.randn(rows, heads,
+                                                                              generator=g)
             sd[f"blocks.{i}.attn.relative_position_index"] = torch.zeros(n, n, dtype=torch.long)
     if not per_block:
         sd["rel_pos_bias.relative_position_bias_table"] = torch.randn(rows, heads, generator=g)
         sd["rel_pos_bias.relative_position_index"] = torch.zeros(n, n, dtype=torch.long)
-    sd.update(cls_token=torch.zeros(1, 1, dim), mask_token=torch.zeros(1, 1, dim), **_norm("norm", dim),
+    sd.update(cls_token=torch.zeros(1, 1, dim), mask_token=torch.zeros(1, 1, dim),
+              **_norm("norm", dim),
               **{"lm_head.weight": torch.zeros(8192, dim), "lm_head.bias": torch.zeros(8192)})
     return {"model": sd}
 

@@ -59,7 +59,8 @@ class ToyDetector(nn.Module):
         x = self.backbone.norm(x) * self.backbone.gamma
         return F.dropout(x, self.dropout, self.training)
 
-    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None):
+    def forward(self, images: list[torch.Tensor],
+                targets: list[dict[str, torch.Tensor]] | None = None):
         feats = self._features(images)
         # [B, 4] normalised box of the first object (the table stands in for a learned bias)
         boxes = (self.box_head(feats) + self.backbone.rel_pos_window_table[:4, 0]).sigmoid()
@@ -102,7 +103,8 @@ def toy_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, epoch: int
                ) -> Iterator[Batch]:
     """This rank's batches of one epoch from ``start_batch`` on: an epoch-seeded shuffle,
     strided across ranks, last partial batch dropped (as the real loader does)."""
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    order = torch.randperm(len(dataset),
+                           generator=torch.Generator().manual_seed(seed * 1000 + epoch))
     mine = order[rank::world_size].tolist()
     for b in range(start_batch, len(mine) // batch_size):
         items = [dataset[i] for i in mine[b * batch_size:(b + 1) * batch_size]]

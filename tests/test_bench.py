@@ -25,7 +25,8 @@ def test_fit_exponent_recovers_power_laws():
     assert math.isnan(fit_exponent([4.0], [1.0]))
 
 
-@pytest.mark.parametrize("bias_shape, batch", [((1, 2, 12, 12), 3), ((3, 2, 12, 12), 3), ((3, 1, 1, 12), 3)])
+@pytest.mark.parametrize("bias_shape, batch",
+                         [((1, 2, 12, 12), 3), ((3, 2, 12, 12), 3), ((3, 1, 1, 12), 3)])
 def test_biased_attention_matches_math_with_bias_grad(monkeypatch, bias_shape, batch):
     monkeypatch.setattr(attention_mod, "_CHUNK_ELEMENTS", 100)  # several query chunks
     gen = torch.Generator().manual_seed(0)
@@ -48,7 +49,10 @@ def test_bench_command_writes_record(tmp_path):
     out = tmp_path / "bench.json"
     argv = ["bench", "--size", "mini", "--layouts", "window", "hybrid", "global",
             "--image-sizes", "64", "128", "--train-sizes", "64", "128", "--iters", "1",
-            "--detector-image-size", "64", "--detector-layouts", "hybrid", "global_checkpoint", "--detector-set", "box_batch_size_per_image=32", "detections_per_img=5", "rpn_post_nms_top_n_train=50", "rpn_post_nms_top_n_test=20", "--data-images", "4", "--data-source-size", "64",
+            "--detector-image-size", "64", "--detector-layouts", "hybrid", "global_checkpoint",
+            "--detector-set", "box_batch_size_per_image=32", "detections_per_img=5",
+            "rpn_post_nms_top_n_train=50", "rpn_post_nms_top_n_test=20",
+            "--data-images", "4", "--data-source-size", "64",
             "--data-workers", "0", "--threads", "1", "--device", "cpu", "--probe-size", "256",
             "--json", str(out)]
     assert main(argv) == 0
@@ -65,7 +69,8 @@ def test_bench_command_writes_record(tmp_path):
         (lay, s) for lay in ("window", "hybrid", "global") for s in (64, 128)}
     for r in rows:
         for key in ("fwd_s", "fwd_gflops", "fwd_gmacs", "fwd_peak_mb", "fwd_efficiency",
-                    "train_s", "train_gflops", "train_peak_mb", "train_efficiency", "probe_gflops_s"):
+                    "train_s", "train_gflops", "train_peak_mb", "train_efficiency",
+                    "probe_gflops_s"):
             assert r[key] > 0, (r["layout"], r["image_size"], key)
     fits = rec["backbone"]["exponent_vs_tokens"]
     assert set(fits) == {"window", "hybrid", "global"}
@@ -90,7 +95,8 @@ def test_grid_bias_attention_matches_dense_bias(monkeypatch, grid, batch):
     h, w = grid
     heads, n = 2, h * w
     gen = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(batch, heads, n, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    q, k, v = (torch.randn(batch, heads, n, 4, generator=gen, dtype=torch.float64,
+                           requires_grad=True)
                for _ in range(3))
     table = torch.randn((2 * max(h, w) - 1) ** 2, heads, generator=gen, dtype=torch.float64,
                         requires_grad=True)
@@ -127,7 +133,8 @@ def test_oom_rows_are_recorded_not_fatal(monkeypatch):
 
     monkeypatch.setattr(bench, "_bench_detector_layout", boom)
     import argparse
-    args = argparse.Namespace(detector_layouts=["global"], detector_image_size=64, size="mini", detector_set=[])
+    args = argparse.Namespace(detector_layouts=["global"], detector_image_size=64, size="mini",
+                              detector_set=[])
     out = bench.bench_detector(args, torch.device("cpu"), log=lambda s: None)
     assert out["rows"][0]["oom"].startswith("CUDA out of memory")
     monkeypatch.setattr(bench, "_bench_detector_layout",
@@ -140,9 +147,10 @@ def test_bench_memory_sees_activation_checkpointing(tmp_path):
     """Peak memory is measured outside the FLOP counter, whose module tracking would keep the
     activations that checkpointing frees (the two layouts would then read the same)."""
     out = tmp_path / "bench.json"
-    assert main(["bench", "--parts", "backbone", "--size", "mini", "--layouts", "global", "global_checkpoint",
-                 "--image-sizes", "128", "--train-sizes", "128", "--threads", "1", "--device", "cpu",
-                 "--probe-size", "128",
+    assert main(["bench", "--parts", "backbone", "--size", "mini",
+                 "--layouts", "global", "global_checkpoint",
+                 "--image-sizes", "128", "--train-sizes", "128", "--threads", "1",
+                 "--device", "cpu", "--probe-size", "128",
                  "--json", str(out)]) == 0
     rows = {r["layout"]: r for r in json.loads(out.read_text())["backbone"]["rows"]}
     assert rows["global_checkpoint"]["train_peak_mb"] < 0.8 * rows["global"]["train_peak_mb"]
@@ -165,10 +173,12 @@ def test_naive_attention_reference_matches_fused():
 def test_bench_naive_attention_costs_more_memory(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--parts", "backbone", "--size", "mini", "--layouts", "hybrid", "global",
-                 "--attention-impls", "fused", "naive", "--image-sizes", "256", "--train-sizes", "256",
-                 "--threads", "1", "--device", "cpu", "--probe-size", "128", "--json", str(out)]) == 0
+                 "--attention-impls", "fused", "naive", "--image-sizes", "256",
+                 "--train-sizes", "256", "--threads", "1", "--device", "cpu", "--probe-size", "128",
+                 "--json", str(out)]) == 0
     rec = json.loads(out.read_text())["backbone"]
     rows = {(r["layout"], r["impl"]): r for r in rec["rows"]}
     assert len(rows) == 4
-    assert rows[("global", "naive")]["train_peak_mb"] > 1.2 * rows[("global", "fused")]["train_peak_mb"]
+    assert (rows[("global", "naive")]["train_peak_mb"]
+            > 1.2 * rows[("global", "fused")]["train_peak_mb"])
     assert {(r["layout"], r["impl"]) for r in rec["ratios_to_hybrid"]} == set(rows)

@@ -13,12 +13,14 @@ from vitdet_lib.config import DetectorConfig, ModelConfig, vit_config
 from vitdet_lib.model import build_detector
 from vitdet_lib.model.vit import ViT
 
-VIT = dict(patch_size=16, embed_dim=64, depth=8, num_heads=2, pretrain_img_size=32, drop_path_rate=0.0)
+VIT = {"patch_size": 16, "embed_dim": 64, "depth": 8, "num_heads": 2, "pretrain_img_size": 32,
+       "drop_path_rate": 0.0}
 
 
 def detector_state(image_size: int = 64) -> dict[str, torch.Tensor]:
     det = build_detector(ModelConfig(vit_config("tiny", **VIT, layer_scale_init=0.1),
-                                     DetectorConfig(num_classes=3, image_size=image_size, fpn_channels=32,
+                                     DetectorConfig(num_classes=3, image_size=image_size,
+                                                    fpn_channels=32,
                                                     anchor_sizes=(8, 16, 32, 64, 128))))
     vit = det.backbone.vit
     for t in (vit.rel_pos_window_table, vit.rel_pos_global_table, vit.blocks[1].gamma_1):
@@ -35,7 +37,8 @@ def test_detector_round_trip_from_file(tmp_path, ddp):
     torch.save({"model": state, "optimizer": {"state": {}}, "iteration": 10}, path)
     vit = ViT(vit_config("tiny", **VIT, layer_scale_init=0.1), img_size=64)
     report = initialize_backbone(vit, InitConfig("detector", str(path)))
-    assert report.layout == "vitdet" and (report.rel_pos_init, report.abs_pos_init) == ("pretrained", "pretrained")
+    assert (report.layout == "vitdet"
+            and (report.rel_pos_init, report.abs_pos_init) == ("pretrained", "pretrained"))
     assert not report.missing and not report.shape_changes
     prefix = "module." if ddp else ""
     for key, value in vit.state_dict().items():
@@ -54,8 +57,10 @@ def test_detector_to_another_input_size_resizes_position_information():
     torch.testing.assert_close(vit.pos_embed.data,
                                abs_pos_reference(stored_pos.reshape(1, 16, 64), 4, (8, 8)))
     torch.testing.assert_close(vit.rel_pos_global_table.data,
-                               rel_table_reference(state["backbone.vit.rel_pos_global_table"], 7, 15))
-    torch.testing.assert_close(vit.rel_pos_window_table.data, state["backbone.vit.rel_pos_window_table"])
+                               rel_table_reference(state["backbone.vit.rel_pos_global_table"],
+                                                   7, 15))
+    torch.testing.assert_close(vit.rel_pos_window_table.data,
+                               state["backbone.vit.rel_pos_window_table"])
     assert {c.key for c in report.shape_changes} == {"pos_embed", "rel_pos_global_table"}
 
 
@@ -65,7 +70,8 @@ def convert(argv: list[str]) -> int:
 
 def test_convert_command_writes_backbone_that_loads_back(tmp_path, capsys):
     assert "vitdet_lib.checkpoint.commands" in cli.COMMAND_MODULES
-    mini = dict(dim=192, depth=8, heads=3, patch=8, grid=8)  # the "mini" size, 64 px pre-training
+    # the "mini" size, 64 px pre-training
+    mini = {"dim": 192, "depth": 8, "heads": 3, "patch": 8, "grid": 8}
     src, out, js = tmp_path / "mae.pth", tmp_path / "out" / "vit.pth", tmp_path / "report.json"
     ck = fakes.mae(**mini)
     torch.save(ck, src)
@@ -76,7 +82,8 @@ def test_convert_command_writes_backbone_that_loads_back(tmp_path, capsys):
     assert "kind=mae" in printed and "bicubic 8x8 -> 16x16" in printed and f"wrote {out}" in printed
     written = torch.load(out, weights_only=True)
     assert written["pos_embed"].shape == (1, 16, 16, 192)
-    torch.testing.assert_close(written["blocks.7.attn.qkv.weight"], ck["model"]["blocks.7.attn.qkv.weight"])
+    torch.testing.assert_close(written["blocks.7.attn.qkv.weight"],
+                               ck["model"]["blocks.7.attn.qkv.weight"])
     assert json.loads(js.read_text())["kind"] == "mae"
     assert not list(out.parent.glob("*.tmp"))  # written via a temporary file, nothing left over
 

@@ -76,13 +76,15 @@ def assert_all_written(vit: ViT) -> None:
     assert not nan, f"left at their poisoned value: {nan[:5]}"
 
 
-def assert_encoder_landed(vit: ViT, enc: dict[str, torch.Tensor], skip_qkv_bias: bool = False) -> None:
+def assert_encoder_landed(vit: ViT, enc: dict[str, torch.Tensor],
+                          skip_qkv_bias: bool = False) -> None:
     sd = vit.state_dict()
     for key in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.5.mlp.fc1.weight",
                 "blocks.11.mlp.fc2.bias", "blocks.11.norm2.weight", "blocks.7.attn.proj.weight"):
         torch.testing.assert_close(sd[key], enc[key], rtol=0, atol=0)
     if not skip_qkv_bias:
-        torch.testing.assert_close(sd["blocks.3.attn.qkv.bias"], enc["blocks.3.attn.qkv.bias"], rtol=0, atol=0)
+        torch.testing.assert_close(sd["blocks.3.attn.qkv.bias"], enc["blocks.3.attn.qkv.bias"],
+                                   rtol=0, atol=0)
 
 
 ZERO_TABLES = {"rel_pos_window_table", "rel_pos_global_table"}
@@ -92,11 +94,13 @@ ZERO_TABLES = {"rel_pos_window_table", "rel_pos_global_table"}
 def test_mae(vit_b, decoder):
     ck = fakes.mae(**fakes.VIT_B, decoder=decoder)
     report = initialize_backbone(vit_b, InitConfig(kind="mae"), checkpoint=ck)
-    assert report.layout == "timm" and (report.rel_pos_init, report.abs_pos_init) == ("zero", "pretrained")
+    assert (report.layout == "timm"
+            and (report.rel_pos_init, report.abs_pos_init) == ("zero", "pretrained"))
     assert_strict(report, ck, vit_b, new=ZERO_TABLES)
     assert_encoder_landed(vit_b, fakes.encoder())
     # the same 14x14 grid: stored row-major after the class slot, taken as is
-    torch.testing.assert_close(vit_b.pos_embed.data, ck["model"]["pos_embed"][:, 1:].reshape(1, 14, 14, 768))
+    torch.testing.assert_close(vit_b.pos_embed.data,
+                               ck["model"]["pos_embed"][:, 1:].reshape(1, 14, 14, 768))
     assert "norm.weight" in report.dropped and "cls_token" in report.dropped
     if decoder:
         assert "MAE decoder" in report.dropped["decoder_blocks.7.mlp.fc2.weight"]
@@ -108,7 +112,8 @@ def test_mocov3(vit_b):
     report = initialize_backbone(vit_b, InitConfig(kind="mocov3"), checkpoint=ck)
     assert_strict(report, ck, vit_b, new=ZERO_TABLES)
     assert_encoder_landed(vit_b, fakes.encoder())
-    assert report.loaded["blocks.0.attn.qkv.weight"] == "module.base_encoder.blocks.0.attn.qkv.weight"
+    assert (report.loaded["blocks.0.attn.qkv.weight"]
+            == "module.base_encoder.blocks.0.attn.qkv.weight")
     dropped = report.dropped
     assert "momentum encoder" in dropped["module.momentum_encoder.blocks.0.attn.qkv.weight"]
     assert "predictor" in dropped["module.predictor.3.weight"]
@@ -119,7 +124,8 @@ def test_mocov3(vit_b):
 
 def test_mocov3_after_its_convert_to_deit(vit_b):
     """MoCo v3's own conversion strips ``module.base_encoder.`` and the head: timm layout."""
-    state = {k[len("module.base_encoder."):]: v for k, v in fakes.mocov3(**fakes.VIT_B)["state_dict"].items()
+    state = {k[len("module.base_encoder."):]: v
+             for k, v in fakes.mocov3(**fakes.VIT_B)["state_dict"].items()
              if k.startswith("module.base_encoder.") and ".head." not in k}
     report = initialize_backbone(vit_b, InitConfig(kind="mocov3"), checkpoint={"model": state})
     assert report.layout == "timm"
@@ -151,14 +157,16 @@ def test_beit_shared_table(vit_b_ls):
     state = vit_b_ls.state_dict()
     for i in (0, 11):  # q and v biases folded into one qkv bias, zeros for k
         q, v = sd[f"blocks.{i}.attn.q_bias"], sd[f"blocks.{i}.attn.v_bias"]
-        torch.testing.assert_close(state[f"blocks.{i}.attn.qkv.bias"], torch.cat([q, torch.zeros(768), v]))
+        torch.testing.assert_close(state[f"blocks.{i}.attn.qkv.bias"],
+                                   torch.cat([q, torch.zeros(768), v]))
         torch.testing.assert_close(state[f"blocks.{i}.gamma_1"], sd[f"blocks.{i}.gamma_1"])
         torch.testing.assert_close(state[f"blocks.{i}.gamma_2"], sd[f"blocks.{i}.gamma_2"])
     table = sd["rel_pos_bias.relative_position_bias_table"]  # [27*27 + 3, 12]
     assert table.shape == (732, 12)
     torch.testing.assert_close(state["rel_pos_window_table"], table[:729])
     torch.testing.assert_close(state["rel_pos_global_table"], table[:729])  # global grid 14 here
-    assert {"mask_token", "lm_head.weight", "rel_pos_bias.relative_position_index"} <= set(report.dropped)
+    assert ({"mask_token", "lm_head.weight", "rel_pos_bias.relative_position_index"}
+            <= set(report.dropped))
     assert not any("q_bias" in k for k in report.dropped)  # consumed, not dropped
 
 
@@ -171,7 +179,8 @@ def test_beit_per_block_tables_average_per_attention_kind(vit_b_ls):
     window_idx = [i for i in range(12) if i not in global_idx]
 
     def mean(idx):
-        return torch.stack([sd[f"blocks.{i}.attn.relative_position_bias_table"][:729] for i in idx]).mean(0)
+        return torch.stack([sd[f"blocks.{i}.attn.relative_position_bias_table"][:729]
+                            for i in idx]).mean(0)
 
     torch.testing.assert_close(vit_b_ls.rel_pos_window_table.data, mean(window_idx))
     torch.testing.assert_close(vit_b_ls.rel_pos_global_table.data, mean(global_idx))
@@ -181,7 +190,8 @@ def test_beit_per_block_tables_average_per_attention_kind(vit_b_ls):
 def test_report_summary_and_json(vit_b):
     report = initialize_backbone(vit_b, InitConfig(kind="mae"), checkpoint=fakes.mae(**fakes.VIT_B))
     text = report.summary()
-    assert "dropped from checkpoint" in text and "final encoder norm" in text and "[1, 197, 768]" in text
+    assert ("dropped from checkpoint" in text and "final encoder norm" in text
+            and "[1, 197, 768]" in text)
     import json
     data = json.loads(report.to_json())
     assert data["missing"]["rel_pos_window_table"].startswith("zeros")

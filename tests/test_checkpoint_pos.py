@@ -23,7 +23,7 @@ def test_mae_and_mocov3_sincos_layouts_are_transposes_of_each_other():
 
 
 # patch 16 and pre-training at 224 as ViT-B (14x14 -> 64x64 at 1024), narrow to stay fast
-NARROW = dict(dim=64, depth=4, heads=2, patch=16, grid=14)
+NARROW = {"dim": 64, "depth": 4, "heads": 2, "patch": 16, "grid": 14}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,8 @@ def test_sincos_taken_as_stored_and_resized_to_1024(narrow_1024, kind, own, othe
     wrong = abs_pos_reference(torch.cat([torch.zeros(1, 64), other(64, 14)])[None], 14, (64, 64), 1)
     assert not torch.allclose(loaded, wrong, atol=1e-2)
     (change,) = report.shape_changes
-    assert (change.key, change.stored, change.loaded) == ("pos_embed", [1, 197, 64], [1, 64, 64, 64])
+    assert (change.key, change.stored, change.loaded) == ("pos_embed", [1, 197, 64],
+                                                          [1, 64, 64, 64])
     assert "bicubic 14x14 -> 64x64" in change.how
     assert not any(v.isnan().any() for v in narrow_1024.state_dict().values()
                    if v.is_floating_point())
@@ -68,9 +69,11 @@ def test_beit_vit_b_tables_at_1024():
     grid_rows = ck["model"]["rel_pos_bias.relative_position_bias_table"][:729]  # 27x27 offsets
     torch.testing.assert_close(vit.rel_pos_window_table.data, grid_rows)  # window 14: 27x27 kept
     assert vit.rel_pos_global_table.shape == (127 * 127, 12)  # global 64x64 grid: 127x127
-    torch.testing.assert_close(vit.rel_pos_global_table.data, rel_table_reference(grid_rows, 27, 127))
+    torch.testing.assert_close(vit.rel_pos_global_table.data,
+                               rel_table_reference(grid_rows, 27, 127))
     changes = {c.key: c for c in report.shape_changes}
-    assert changes["rel_pos_window_table"].stored == [732, 12] and changes["rel_pos_window_table"].loaded == [729, 12]
+    assert (changes["rel_pos_window_table"].stored == [732, 12]
+            and changes["rel_pos_window_table"].loaded == [729, 12])
     assert changes["rel_pos_global_table"].loaded == [16129, 12]
     assert "27x27 -> 127x127" in changes["rel_pos_global_table"].how
     # the windowed blocks see exactly the bias BEiT applied between patch tokens in pre-training
@@ -105,9 +108,9 @@ def test_rel_table_resize_scales_offsets_linearly():
         torch.testing.assert_close(got[inner, inner, head], want[inner, inner], atol=0.25, rtol=0)
 
 
-# ------------------------------------------------------------------ Table 4 treatments on a tiny ViT
+# -------------------------------------------------------- Table 4 treatments on a tiny ViT
 
-TINY = dict(dim=32, depth=8, heads=2, patch=4, grid=4)  # pre-training 16 px -> 4x4 grid
+TINY = {"dim": 32, "depth": 8, "heads": 2, "patch": 4, "grid": 4}  # pre-training 16 px -> 4x4 grid
 
 
 def tiny_vit(**overrides) -> ViT:
@@ -119,9 +122,12 @@ def tiny_vit(**overrides) -> ViT:
 def test_defaults_per_kind():
     cfg = vit_config("base")
     assert resolve_pos_init(InitConfig("mae", "x"), cfg) == (RelPosInit.ZERO, AbsPosInit.PRETRAINED)
-    assert resolve_pos_init(InitConfig("supervised", "x"), cfg) == (RelPosInit.ZERO, AbsPosInit.PRETRAINED)
-    assert resolve_pos_init(InitConfig("mocov3", "x"), cfg) == (RelPosInit.ZERO, AbsPosInit.PRETRAINED)
-    assert resolve_pos_init(InitConfig("beit", "x"), cfg) == (RelPosInit.PRETRAINED, AbsPosInit.RANDOM)
+    assert resolve_pos_init(InitConfig("supervised", "x"), cfg) == (RelPosInit.ZERO,
+                                                                    AbsPosInit.PRETRAINED)
+    assert resolve_pos_init(InitConfig("mocov3", "x"), cfg) == (RelPosInit.ZERO,
+                                                                AbsPosInit.PRETRAINED)
+    assert resolve_pos_init(InitConfig("beit", "x"), cfg) == (RelPosInit.PRETRAINED,
+                                                              AbsPosInit.RANDOM)
     assert resolve_pos_init(InitConfig("random"), cfg) == (RelPosInit.ZERO, AbsPosInit.RANDOM)
     # a model without rel-pos / abs-pos makes the unset default "none"
     bare = vit_config("base", rel_pos="none", use_abs_pos=False)
@@ -146,7 +152,8 @@ def test_rel_zero_and_random(kind, fake, rel):
 
 def test_rel_none_has_no_tables_and_drops_beit_table():
     vit = tiny_vit(layer_scale_init=0.1, rel_pos="none")
-    report = initialize_backbone(vit, InitConfig("beit", rel_pos_init="none"), checkpoint=fakes.beit(**TINY))
+    report = initialize_backbone(vit, InitConfig("beit", rel_pos_init="none"),
+                                 checkpoint=fakes.beit(**TINY))
     assert not any("rel_pos" in k for k in vit.state_dict())
     assert "rel_pos_init=none" in report.dropped["rel_pos_bias.relative_position_bias_table"]
     assert report.rel_pos_init == "none" and not report.missing.keys() - {"pos_embed"}
@@ -163,7 +170,8 @@ def test_abs_random_and_none(abs_init):
     else:
         stored = abs_pos_reference(ck["model"]["pos_embed"], 4, (8, 8), prefix=1)
         assert not torch.allclose(vit.pos_embed.data, stored, atol=0.1)
-        assert "abs_pos_init=random" in report.missing["pos_embed"] and 0.005 < vit.pos_embed.std() < 0.05
+        assert ("abs_pos_init=random" in report.missing["pos_embed"]
+                and 0.005 < vit.pos_embed.std() < 0.05)
 
 
 def test_beit_defaults_and_window_only_layout_with_a_larger_window():
@@ -191,9 +199,11 @@ def test_random_init_kind():
 
 @pytest.mark.parametrize("init,overrides,match", [
     (InitConfig("mae", "x", rel_pos_init="none"), {}, "rel_pos_init=none disagrees"),
-    (InitConfig("mae", "x", rel_pos_init="zero"), {"rel_pos": "none"}, "rel_pos_init=zero disagrees"),
+    (InitConfig("mae", "x", rel_pos_init="zero"), {"rel_pos": "none"},
+     "rel_pos_init=zero disagrees"),
     (InitConfig("mae", "x", abs_pos_init="none"), {}, "abs_pos_init=none disagrees"),
-    (InitConfig("mae", "x", abs_pos_init="pretrained"), {"use_abs_pos": False}, "abs_pos_init=pretrained"),
+    (InitConfig("mae", "x", abs_pos_init="pretrained"), {"use_abs_pos": False},
+     "abs_pos_init=pretrained"),
     (InitConfig("random", abs_pos_init="pretrained"), {}, "no checkpoint"),
     (InitConfig("random", "some.pth"), {}, "takes no checkpoint"),
     (InitConfig("mae"), {}, "needs init.checkpoint"),
@@ -205,10 +215,12 @@ def test_treatments_disagreeing_with_the_model_config(init, overrides, match):
 
 def test_pretrained_when_the_checkpoint_has_none():
     with pytest.raises(CheckpointError, match="no absolute position embeddings"):
-        initialize_backbone(tiny_vit(layer_scale_init=0.1), InitConfig("beit", abs_pos_init="pretrained"),
+        initialize_backbone(tiny_vit(layer_scale_init=0.1),
+                            InitConfig("beit", abs_pos_init="pretrained"),
                             checkpoint=fakes.beit(**TINY))
     with pytest.raises(CheckpointError, match="no relative-position tables"):
-        initialize_backbone(tiny_vit(), InitConfig("mae", rel_pos_init="pretrained"), checkpoint=fakes.mae(**TINY))
+        initialize_backbone(tiny_vit(), InitConfig("mae", rel_pos_init="pretrained"),
+                            checkpoint=fakes.mae(**TINY))
 
 
 def test_init_config_from_params_data():

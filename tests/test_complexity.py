@@ -48,7 +48,8 @@ def test_global_costs_more_than_window_and_parts_add_up():
 
 
 def test_measure_reports_memory_and_time():
-    report = measure(tiny_detector("hybrid"), "ViT-tiny", 64, "hybrid", torch.device("cpu"), iters=1)
+    report = measure(tiny_detector("hybrid"), "ViT-tiny", 64, "hybrid", torch.device("cpu"),
+                     iters=1)
     assert report.train_peak_mem_mb > 0 and report.train_step_s > 0 and report.infer_s_per_img > 0
     assert report.backbone_gmacs * 2 == report.backbone_gflops
 

@@ -59,7 +59,8 @@ def test_annotation_problems_name_the_json_and_the_annotation_id(tmp_path):
     assert text == [
         f"{ann}: images[2]: missing required key(s) ['width']",
         f"{ann}: unknown category id 42 (image id 0, annotation id 100)",
-        f"{ann}: non-positive box width/height in bbox [8, 8, 0, 5] (image id 1, annotation id 101)",
+        (f"{ann}: non-positive box width/height in bbox [8, 8, 0, 5] "
+         "(image id 1, annotation id 101)"),
         f"{ann}: unknown image id (no valid images[] entry) (image id 77, annotation id 102)",
     ]
     dropped = [str(p) for p in validate_coco(images, ann, invalid_boxes="drop")]

@@ -11,7 +11,7 @@ from vitdet_lib.model.detector import FixedSquareTransform
 
 
 def small_cfg(multi_scale=True, image_size=64, **vit):
-    base = dict(patch_size=16, embed_dim=64, depth=4, num_heads=2, pretrain_img_size=32)
+    base = {"patch_size": 16, "embed_dim": 64, "depth": 4, "num_heads": 2, "pretrain_img_size": 32}
     return ModelConfig(vit_config("tiny", **{**base, **vit}),
                        DetectorConfig(num_classes=3, image_size=image_size, multi_scale=multi_scale,
                                       fpn_channels=32, anchor_sizes=(8, 16, 32, 64, 128)))
@@ -87,7 +87,8 @@ def test_fixed_square_transform_pads_and_rescales():
 
 
 def _vit_b_detector():
-    return build_detector(ModelConfig(vit_config("base"), DetectorConfig(num_classes=80, image_size=1024)))
+    return build_detector(ModelConfig(vit_config("base"),
+                                      DetectorConfig(num_classes=80, image_size=1024)))
 
 
 def test_vit_b_detector_size():

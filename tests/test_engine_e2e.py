@@ -24,7 +24,8 @@ def test_train_resume_and_eval_on_shape_scenes(tmp_path):
               "--set", "data.generated.num_train=8", "--set", "data.generated.num_val=4",
               "--set", "train.max_iters=6", "--set", "train.checkpoint_every=3",
               "--set", "train.log_every=1", "--set", "train.eval_at=[0.5,1.0]"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run([sys.executable, "-m", "vitdet_lib.cli", "train", *common],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,

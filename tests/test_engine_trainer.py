@@ -114,7 +114,8 @@ def test_metrics_records(tmp_path):
     assert [r["iter"] for r in lines] == [1, 3, 6, 8]
     assert {"iter", "epoch", "loss_box", "loss_cls", "loss", "lr", "grad_norm", "time",
             "data_time", "max_mem_mb", "step_mem_mb"} <= set(lines[0])
-    assert lines[0]["step_mem_mb"] > 0 and all(r["step_mem_mb"] == lines[0]["step_mem_mb"] for r in lines)
+    assert lines[0]["step_mem_mb"] > 0 and all(r["step_mem_mb"] == lines[0]["step_mem_mb"]
+                                               for r in lines)
     assert lines[-1]["epoch"] == 1.0
     assert lines[0]["grad_norm"] > 0.01  # logged before clipping
     saved = json.loads((tmp_path / "metrics.json").read_text())

@@ -42,7 +42,8 @@ def test_odd_sizes_are_resized_on_the_longest_side_and_padded_bottom_right(origi
     normalised = (image - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
     expected = F.interpolate(normalised[None], size=(h, w), mode="bilinear", align_corners=False)
     torch.testing.assert_close(batch.tensors[0, :, :h, :w], expected[0])
-    assert batch.tensors[0, :, h:, :].abs().sum() == 0 and batch.tensors[0, :, :, w:].abs().sum() == 0
+    assert (batch.tensors[0, :, h:, :].abs().sum() == 0
+            and batch.tensors[0, :, :, w:].abs().sum() == 0)
 
 
 @pytest.mark.parametrize("original,resized,box,orig_box", CASES, ids=IDS)

@@ -55,8 +55,8 @@ def expected_keys(method: str, decoder_depth: int = 2) -> tuple[str, set[str]]:
         keys |= {f"module.predictor.1.{n}" for n in BN}  # no BN after the predictor's last layer
         return "state_dict", keys
     if method == "beit":
-        return "model", ({"cls_token", "mask_token", "patch_embed.proj.weight", "patch_embed.proj.bias",
-                          "rel_pos_bias.relative_position_bias_table",
+        return "model", ({"cls_token", "mask_token", "patch_embed.proj.weight",
+                          "patch_embed.proj.bias", "rel_pos_bias.relative_position_bias_table",
                           "rel_pos_bias.relative_position_index", "norm.weight", "norm.bias",
                           "lm_head.weight", "lm_head.bias"} | _blocks("blocks.", BEIT_BLOCK))
     assert method == "mae"
@@ -110,7 +110,8 @@ def test_checkpoints_have_the_official_layout(trained, method):
     assert state[prefix + "cls_token"].shape == (1, 1, DIM)
     assert state[prefix + "patch_embed.proj.weight"].shape == (DIM, 3, 8, 8)
     if method == "beit":
-        assert state["rel_pos_bias.relative_position_bias_table"].shape == ((2 * GRID - 1) ** 2 + 3, HEADS)
+        assert (state["rel_pos_bias.relative_position_bias_table"].shape
+                == ((2 * GRID - 1) ** 2 + 3, HEADS))
         assert state["rel_pos_bias.relative_position_index"].shape == (N + 1, N + 1)
         assert state["lm_head.weight"].shape == (cfg.beit.tokenizer.vocab_size, DIM)
         torch.testing.assert_close(state["blocks.0.attn.qkv.weight"].shape, (3 * DIM, DIM))
@@ -128,7 +129,8 @@ def test_checkpoints_have_the_official_layout(trained, method):
     assert {"optimizer", "rng"}.isdisjoint(small) and small["epoch"] == 8.0
     assert {"optimizer", "schedule", "rng", "step"} <= set(obj) and obj["step"] == STEPS
     epochs = [r for r in records if r["type"] == "epoch"]
-    assert [e["epoch"] for e in epochs] == list(range(1, 17)) and all(e["wall_s"] > 0 for e in epochs)
+    assert ([e["epoch"] for e in epochs] == list(range(1, 17))
+            and all(e["wall_s"] > 0 for e in epochs))
     assert sorted(p.name for p in out.glob("checkpoint-*.pth")) == ["checkpoint-16.pth",
                                                                     "checkpoint-8.pth"]
     assert (out / "log.jsonl").is_file() and (out / "config.yaml").is_file()

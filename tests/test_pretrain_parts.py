@@ -31,7 +31,8 @@ def test_sincos_layouts_mae_and_mocov3():
     assert torch.equal(mae[0, 0], torch.zeros(dim)) and torch.equal(moco[0, 0], torch.zeros(dim))
     torch.testing.assert_close(mae[0, 1:], sincos_pos_embed(dim, grid))  # the library's MAE one
     # same halves, swapped: MAE encodes the column first, MoCo v3 the row
-    torch.testing.assert_close(moco[0, 1:], torch.cat([mae[0, 1:, dim // 2:], mae[0, 1:, :dim // 2]], 1))
+    torch.testing.assert_close(moco[0, 1:],
+                               torch.cat([mae[0, 1:, dim // 2:], mae[0, 1:, :dim // 2]], 1))
     token = 1 + 1 * grid + 0  # row 1, column 0; channel 0 is sin(coordinate * 1)
     assert moco[0, token, 0] == pytest.approx(torch.sin(torch.tensor(1.0)).item())
     assert mae[0, token, 0] == pytest.approx(0.0)

@@ -121,9 +121,11 @@ def test_checkpoints_load_into_the_detection_backbone(tmp_path, method):
                          pretrain_img_size=enc.pretrain_img_size,
                          layer_scale_init=0.1 if method == "beit" else 0.0)
     vit = ViT(vit_cfg, img_size=64)
-    report = initialize_backbone(vit, InitConfig(kind=method, checkpoint=str(tmp_path / "last.pth")))
+    report = initialize_backbone(vit, InitConfig(kind=method,
+                                                 checkpoint=str(tmp_path / "last.pth")))
     state = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)
     prefix = "module.base_encoder." if method == "mocov3" else ""
     weights = state["state_dict" if method == "mocov3" else "model"]
-    torch.testing.assert_close(vit.blocks[1].mlp.fc2.weight, weights[prefix + "blocks.1.mlp.fc2.weight"])
+    torch.testing.assert_close(vit.blocks[1].mlp.fc2.weight,
+                               weights[prefix + "blocks.1.mlp.fc2.weight"])
     assert report.loaded

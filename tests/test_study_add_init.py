@@ -8,7 +8,8 @@ from vitdet_lib.config import ConfigError
 from vitdet_lib.study.add_init import add_inits, load_benchmark_profile, parse_spec
 from vitdet_lib.study.profile import expand_runs, load_profile
 
-SMOKE_VIT = {"dim": 32, "depth": 4, "patch": 8, "grid": 4, "heads": 2}  # the smoke detector's encoder
+# the smoke detector's encoder
+SMOKE_VIT = {"dim": 32, "depth": 4, "patch": 8, "grid": 4, "heads": 2}
 
 
 @pytest.fixture()
@@ -36,7 +37,8 @@ def test_new_init_joins_t1_f2_and_sweeps(mae_file):
     runs = {r.name: r for r in expand_runs(profile)}
     mine = runs["ft-S-mine-ep1-s0"]
     assert {"T1", "F2"} <= set(mine.serves) and mine.needs == ("hp-S-mine",)  # tuned first
-    assert mine.parameters["init_kind"] == "mae" and mine.parameters["init_checkpoint"] == str(mae_file)
+    assert (mine.parameters["init_kind"] == "mae"
+            and mine.parameters["init_checkpoint"] == str(mae_file))
     assert "mine" in profile.sweeps[0].inits
     assert "mine" not in load_profile("smoke").inits  # the shipped profile is not changed
 

@@ -42,10 +42,12 @@ def test_paper_profile_here_lists_every_missing_path(tmp_path, capsys, monkeypat
             if path:
                 assert f"checkpoint {path.format(size=size)} not found" in out, (size, init)
     for key in ("train2017", "val2017", "instances_train2017.json", "instances_val2017.json"):
-        assert f"/path/to/coco/{'annotations/' if key.endswith('json') else ''}{key} not found" in out
+        folder = "annotations/" if key.endswith("json") else ""
+        assert f"/path/to/coco/{folder}{key} not found" in out
     saved = json.loads((tmp_path / "plan" / "plan.json").read_text())
     assert not saved["ok"] and len(saved["problems"]) >= 16
-    assert {"ft-B-mae-ep100-s0", "ft-L-random-ep25-s2", "f3-L-mae_ep100-ep100-s0"} <= {r["run"] for r in saved["rows"]}
+    assert ({"ft-B-mae-ep100-s0", "ft-L-random-ep25-s2", "f3-L-mae_ep100-ep100-s0"}
+            <= {r["run"] for r in saved["rows"]})
 
 
 def test_study_run_refuses_with_all_problems_and_starts_nothing(capsys, monkeypatch):

@@ -76,7 +76,8 @@ def test_expansion_resolves_inits_and_needs():
     assert set(runs) == {"pt-mae", "ft-S-random", "ft-S-mae"}
     assert runs["ft-S-mae"].needs == ("pt-mae",)
     assert runs["ft-S-mae"].parameters["init_checkpoint"] == "w/pt-mae/last.pth"
-    assert runs["ft-S-random"].needs == () and runs["ft-S-random"].parameters["size_overrides"] == ["a=1"]
+    assert (runs["ft-S-random"].needs == ()
+            and runs["ft-S-random"].parameters["size_overrides"] == ["a=1"])
 
 
 def test_bad_references_are_errors():

@@ -115,7 +115,8 @@ def test_sweep_widens_then_tunes_drop_path(tmp_path, peak, widened, best_lr):
     dp_runs = [c for c in ex.calls if "-dp" in c]
     assert dp_runs == ["hp-random-dp0", "hp-random-dp0.1"]
     dp_record = rec.read_record(rec.record_path(tmp_path / "results", "hp-random-dp0.1"))
-    assert dp_record["parameters"]["lr"] == best_lr and dp_record["parameters"]["stage"] == "drop_path"
+    assert (dp_record["parameters"]["lr"] == best_lr
+            and dp_record["parameters"]["stage"] == "drop_path")
 
 
 def test_fallback_data_when_fashion_mnist_is_missing(tmp_path, monkeypatch):

@@ -52,7 +52,8 @@ def _profile(tmp_path):
     sweeps = [{"name": "hp", "inits": ["random"], "size": "S", "lr": [1e-3, 2e-3],
                "weight_decay": [0.1], "drop_path": [], "max_widenings": 0, "parameters": {}}]
     return profile_from_dict({
-        "name": "jobs", "results_dir": str(tmp_path / "results"), "work_dir": str(tmp_path / "work"),
+        "name": "jobs", "results_dir": str(tmp_path / "results"),
+        "work_dir": str(tmp_path / "work"),
         "launcher": {"kind": "slurm", "nodes": 1, "gpus_per_node": 0, "time_limit_min": 10},
         "sizes": {"S": []}, "inits": {"random": {"kind": "random"}}, "runs": runs,
         "sweeps": sweeps})

@@ -8,7 +8,8 @@ from vitdet_lib.model.vit import ViT, window_partition, window_unpartition
 
 
 def tiny(**kw):
-    base = dict(patch_size=4, embed_dim=32, depth=4, num_heads=2, pretrain_img_size=16, drop_path_rate=0.0)
+    base = {"patch_size": 4, "embed_dim": 32, "depth": 4, "num_heads": 2, "pretrain_img_size": 16,
+            "drop_path_rate": 0.0}
     return vit_config("tiny", **{**base, **kw})
 
 

@@ -47,7 +47,8 @@ def test_attention_probs_reproduce_each_blocks_sdpa_output(hybrid_vit):
         for i, blk in enumerate(vit.blocks):
             x, mask = captured[i]
             y = blk.norm1(x)
-            tokens = window_partition(y, blk.window_size)[0] if blk.window_size else y.reshape(1, -1, 32)
+            tokens = (window_partition(y, blk.window_size)[0] if blk.window_size
+                      else y.reshape(1, -1, 32))
             probs = viz.attention_probs(blk.attn, tokens, mask)
             b, n, c = tokens.shape
             v = blk.attn.qkv(tokens).view(b, n, 3, 2, c // 2)[:, :, 2].transpose(1, 2)
@@ -71,7 +72,8 @@ def test_attention_map_stays_in_the_query_window_and_sums_to_one(hybrid_vit):
 def test_measured_cost_global_grows_faster_than_windowed():
     df = viz.measure_attention_cost([8, 16], window_size=4, embed_dim=16, num_heads=2, time_iters=1)
     flops = df.pivot(index="grid", columns="layout", values="gflops")
-    assert flops.loc[16, "global"] / flops.loc[8, "global"] > flops.loc[16, "window"] / flops.loc[8, "window"]
+    assert (flops.loc[16, "global"] / flops.loc[8, "global"]
+            > flops.loc[16, "window"] / flops.loc[8, "window"])
     assert (df["seconds"] > 0).all()
 
 

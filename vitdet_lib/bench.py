@@ -113,7 +113,8 @@ def _clear_mask_cache(model: torch.nn.Module) -> None:
             m.clear_mask_cache()  # a first inference builds its masks: count them
 
 
-def bench_backbone(args: argparse.Namespace, device: torch.device, log: Callable[[str], None]) -> dict:
+def bench_backbone(args: argparse.Namespace, device: torch.device,
+                   log: Callable[[str], None]) -> dict:
     from .model.vit import ViT
 
     rows = []
@@ -128,9 +129,10 @@ def bench_backbone(args: argparse.Namespace, device: torch.device, log: Callable
             cfg = vit_config(args.size, attention=AttentionLayout(layout), drop_path_rate=0.0)
             vit = ViT(cfg, img_size=size).to(device)
             x = torch.randn(1, 3, size, size, device=device)
-            row: dict[str, Any] = {"layout": layout, "impl": impl, "image_size": size,
-                                   "tokens": (size // cfg.patch_size) ** 2,
-                                   "probe_gflops_s": probe_gflops(device, args.amp, args.probe_size)}
+            row: dict[str, Any] = {
+                "layout": layout, "impl": impl, "image_size": size,
+                "tokens": (size // cfg.patch_size) ** 2,
+                "probe_gflops_s": probe_gflops(device, args.amp, args.probe_size)}
             try:
                 with naive_attention(impl == "naive"):
                     _measure_backbone(vit, x, row, do_fwd, do_train, args, device)
@@ -161,7 +163,8 @@ def _measure_backbone(vit: torch.nn.Module, x: torch.Tensor, row: dict[str, Any]
     if do_fwd:
         vit.eval()
         with torch.no_grad(), autocast(device, args.amp):  # each counted call builds its masks
-            row["fwd_gflops"], row["fwd_peak_mb"] = counted_run(lambda: (_clear_mask_cache(vit), vit(x)), device)
+            row["fwd_gflops"], row["fwd_peak_mb"] = counted_run(
+                lambda: (_clear_mask_cache(vit), vit(x)), device)
             row["fwd_s"] = time_call(lambda: vit(x), device, iters=args.iters, warmup=0)
         row["fwd_gmacs"] = row["fwd_gflops"] / 2
         _efficiencies(row, "fwd", args.peak_tflops)
@@ -180,7 +183,8 @@ def _measure_backbone(vit: torch.nn.Module, x: torch.Tensor, row: dict[str, Any]
 
 
 def _efficiencies(row: dict, kind: str, peak_tflops: float | None) -> None:
-    """Achieved FLOP/s of ``kind`` (fwd/train) over the probe and, on a known GPU, its data-sheet peak."""
+    """Achieved FLOP/s of ``kind`` (fwd/train) over the probe and, on a known GPU, its data-sheet
+    peak."""
     achieved = row[f"{kind}_gflops"] / row[f"{kind}_s"]
     row[f"{kind}_efficiency"] = achieved / row["probe_gflops_s"]
     if peak_tflops:
@@ -190,11 +194,13 @@ def _efficiencies(row: dict, kind: str, peak_tflops: float | None) -> None:
 def _ratios_to_hybrid(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
-        ref = next((h for h in rows if h["layout"] == "hybrid" and h["image_size"] == r["image_size"]
+        ref = next((h for h in rows
+                    if h["layout"] == "hybrid" and h["image_size"] == r["image_size"]
                     and h.get("impl") == r.get("impl")), None)
         if ref is None:
             continue
-        keys = [k for k in ("fwd_s", "fwd_gflops", "fwd_peak_mb", "train_s", "train_peak_mb", "infer_s")
+        keys = [k for k in ("fwd_s", "fwd_gflops", "fwd_peak_mb", "train_s", "train_peak_mb",
+                            "infer_s")
                 if k in r and k in ref]
         out.append({"layout": r["layout"], "impl": r.get("impl"), "image_size": r["image_size"],
                     **{k: r[k] / ref[k] for k in keys}})
@@ -207,15 +213,17 @@ def _fmt_row(r: dict) -> str:
     if "oom" in r:
         parts.append(f"OUT OF MEMORY ({r['oom'][:80]})")
     if "fwd_s" in r:
-        parts.append(f"fwd {r['fwd_s']:7.3f}s {r['fwd_gflops']:7.1f} GFLOP eff {r['fwd_efficiency']:5.1%} "
-                     f"mem {r['fwd_peak_mb']:7.0f} MB")
+        parts.append(f"fwd {r['fwd_s']:7.3f}s {r['fwd_gflops']:7.1f} GFLOP "
+                     f"eff {r['fwd_efficiency']:5.1%} mem {r['fwd_peak_mb']:7.0f} MB")
     if "train_s" in r:
-        parts.append(f"train {r['train_s']:7.3f}s eff {r['train_efficiency']:5.1%} mem {r['train_peak_mb']:7.0f} MB")
+        parts.append(f"train {r['train_s']:7.3f}s eff {r['train_efficiency']:5.1%} "
+                     f"mem {r['train_peak_mb']:7.0f} MB")
     parts.append(f"(probe {r['probe_gflops_s']:.1f} GFLOP/s)")
     return " | ".join(parts)
 
 
-def bench_detector(args: argparse.Namespace, device: torch.device, log: Callable[[str], None]) -> dict:
+def bench_detector(args: argparse.Namespace, device: torch.device,
+                   log: Callable[[str], None]) -> dict:
     """The paper's Table 3 columns for each layout: peak training memory, s/iter, s/img."""
     rows = []
     for layout in args.detector_layouts:
@@ -224,7 +232,8 @@ def bench_detector(args: argparse.Namespace, device: torch.device, log: Callable
         except RuntimeError as err:
             if not _is_oom(err):
                 raise
-            row = {"layout": layout, "image_size": args.detector_image_size, "oom": str(err).splitlines()[0]}
+            row = {"layout": layout, "image_size": args.detector_image_size,
+                   "oom": str(err).splitlines()[0]}
             log(f"detector {layout}: OUT OF MEMORY")
         rows.append(row)
         _free(device)
@@ -239,7 +248,8 @@ def _bench_detector_layout(args: argparse.Namespace, layout: str, device: torch.
 
     size = args.detector_image_size
     det = DetectorConfig(num_classes=80, image_size=size)
-    det = replace(det, **{k: type(getattr(det, k))(v) for k, v in (kv.split("=", 1) for kv in args.detector_set)})
+    det = replace(det, **{k: type(getattr(det, k))(v)
+                          for k, v in (kv.split("=", 1) for kv in args.detector_set)})
     cfg = ModelConfig(vit_config(args.size, attention=AttentionLayout(layout)), det)
     model = build_detector(cfg).to(device)
     out: dict[str, Any] = {"layout": layout, "image_size": size,
@@ -269,7 +279,8 @@ def _bench_detector_layout(args: argparse.Namespace, layout: str, device: torch.
     model.roi_heads.score_thresh = thresh
     out["infer_images_s"] = 1.0 / out["infer_s"]
     out["train_gmacs"], out["infer_gmacs"] = out["train_gflops"] / 2, out["infer_gflops"] / 2
-    log(f"detector {layout} {size}px | train {out['train_s']:.3f}s/it mem {out['train_peak_mb']:.0f} MB"
+    log(f"detector {layout} {size}px | train {out['train_s']:.3f}s/it "
+        f"mem {out['train_peak_mb']:.0f} MB"
         f" | infer {out['infer_s']:.3f} s/img ({out['infer_gflops']:.0f} GFLOP)")
     return out
 
@@ -296,10 +307,11 @@ def bench_data(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         image_dir, ann = coco_split_paths(tmp, "train")
         dataset = CocoDetection(image_dir, ann, transform=lsj_transform(args.detector_image_size))
         batch = 2
-        ips = measure_throughput(dataset, num_workers=args.data_workers, batches=max(1, n // batch - 2),
-                                 batch_size=batch, warmup=1)
-    out = {"source": source, "source_size": args.data_source_size, "lsj_size": args.detector_image_size,
-           "workers": args.data_workers, "images": n, "images_s": ips}
+        ips = measure_throughput(dataset, num_workers=args.data_workers,
+                                 batches=max(1, n // batch - 2), batch_size=batch, warmup=1)
+    out = {"source": source, "source_size": args.data_source_size,
+           "lsj_size": args.detector_image_size, "workers": args.data_workers, "images": n,
+           "images_s": ips}
     log(f"data LSJ {args.detector_image_size}px from {source} ({args.data_source_size}px), "
         f"{args.data_workers} workers: {ips:.1f} img/s")
     return out
@@ -320,17 +332,19 @@ def run(args: argparse.Namespace) -> int:
     args.train_sizes = args.train_sizes if args.train_sizes is not None else args.image_sizes
     log = lambda s: print(s, flush=True)
     env = environment()
-    log(f"{env['device']} | torch {env['packages']['torch']} | {torch.get_num_threads()} threads | amp {args.amp}"
-        f" | load avg {os.getloadavg()[0]:.1f}")
+    log(f"{env['device']} | torch {env['packages']['torch']} | {torch.get_num_threads()} threads"
+        f" | amp {args.amp} | load avg {os.getloadavg()[0]:.1f}")
     record: dict[str, Any] = {"command": "vitdet-bench " + " ".join(args.argv or sys.argv[1:]),
                               "env": env, "threads": torch.get_num_threads(), "amp": args.amp,
                               "load_avg_start": list(os.getloadavg()),
                               "device_peak_tflops": args.peak_tflops,
                               "flops_convention": "torch FlopCounterMode: multiply-add = 2 FLOPs; "
-                                                  "*_gmacs = fvcore/paper convention (= gflops / 2)",
-                              "timing_note": "two counted calls of each configuration (FLOPs, then peak memory; "
-                                             "forwards build their masks in both) are the warm-up; timed "
-                                             "forwards reuse the attention masks as inference does, training "
+                                                  "*_gmacs = fvcore/paper convention "
+                                                  "(= gflops / 2)",
+                              "timing_note": "two counted calls of each configuration (FLOPs, "
+                                             "then peak memory; forwards build their masks in "
+                                             "both) are the warm-up; timed forwards reuse the "
+                                             "attention masks as inference does, training "
                                              "steps rebuild them"}
     if "probe" in args.parts:
         record["probe_gflops_s"] = probe_gflops(device, args.amp, args.probe_size)
@@ -338,7 +352,8 @@ def run(args: argparse.Namespace) -> int:
     if "backbone" in args.parts:
         record["backbone"] = bench_backbone(args, device, log)
         for layout, fit in record["backbone"]["exponent_vs_tokens"].items():
-            log(f"exponent vs tokens {layout}: " + ", ".join(f"{k} {v:.2f}" for k, v in fit.items()))
+            log(f"exponent vs tokens {layout}: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in fit.items()))
     if "detector" in args.parts:
         record["detector"] = bench_detector(args, device, log)
     if "data" in args.parts:
@@ -354,14 +369,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("bench", help="backbone/detector/data performance benchmark (issue 7)")
+    p = subparsers.add_parser("bench",
+                              help="backbone/detector/data performance benchmark (issue 7)")
     p.add_argument("--parts", nargs="+", default=["probe", "backbone", "detector", "data"],
                    choices=["probe", "backbone", "detector", "data"])
     p.add_argument("--size", default="base", help="ViT size: tiny small base large mini")
-    p.add_argument("--layouts", nargs="+", default=["window", "hybrid", "global", "global_checkpoint"],
+    p.add_argument("--layouts", nargs="+",
+                   default=["window", "hybrid", "global", "global_checkpoint"],
                    choices=[a.value for a in AttentionLayout])
     p.add_argument("--attention-impls", nargs="+", default=["fused"], choices=["fused", "naive"],
-                   help="fused: ours; naive: attention materialised with plain ops (detectron2-style), as a reference")
+                   help="fused: ours; naive: attention materialised with plain ops "
+                        "(detectron2-style), as a reference")
     p.add_argument("--naive-max-size", type=int, default=None,
                    help="skip naive rows above this input side (global naive at 1024 needs ~20 GB)")
     p.add_argument("--image-sizes", nargs="+", type=int, default=[256, 512, 1024],
@@ -373,11 +391,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--train-iters", type=int, default=1,
                    help="timed training steps (median), after the counted warm-up step")
     p.add_argument("--detector-image-size", type=int, default=1024)
-    p.add_argument("--detector-layouts", nargs="+", default=["hybrid"], choices=[a.value for a in AttentionLayout],
+    p.add_argument("--detector-layouts", nargs="+", default=["hybrid"],
+                   choices=[a.value for a in AttentionLayout],
                    help="layouts of the full-detector rows (all four = the paper's Table 3)")
     p.add_argument("--detector-set", nargs="*", default=[], metavar="FIELD=VALUE",
-                   help="DetectorConfig overrides, e.g. box_batch_size_per_image=64 (default: the paper's)")
-    p.add_argument("--data-images", type=int, default=24, help="scenes written for the loading test")
+                   help="DetectorConfig overrides, e.g. box_batch_size_per_image=64 "
+                        "(default: the paper's)")
+    p.add_argument("--data-images", type=int, default=24,
+                   help="scenes written for the loading test")
     p.add_argument("--data-source-size", type=int, default=640, help="side of the written scenes")
     p.add_argument("--data-workers", type=int, default=2)
     p.add_argument("--probe-size", type=int, default=None,
@@ -385,7 +406,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"],
                    help="autocast dtype (default: bf16 on CUDA, off on CPU)")
     p.add_argument("--peak-tflops", type=float, default=None,
-                   help="device bf16 peak for the utilisation columns (default: data sheet by GPU name)")
+                   help="device bf16 peak for the utilisation columns "
+                        "(default: data sheet by GPU name)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default=None)
     p.add_argument("--json", default=None, help=f"output file (default {DEFAULT_OUT}/bench_<size>_"

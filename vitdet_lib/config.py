@@ -108,7 +108,8 @@ class ViTConfig:
 
     @property
     def quarter_end_indexes(self) -> tuple[int, ...]:
-        """The last block of each quarter of the depth: multi-scale taps and hybrid's global blocks."""
+        """The last block of each quarter of the depth: multi-scale taps and hybrid's global
+        blocks."""
         if self.depth % 4:
             raise ConfigError(f"backbone depth={self.depth} (model.backbone.depth) must be a "
                               f"multiple of 4 (4 quarters)")

@@ -25,20 +25,27 @@ _BEIT_LAYER_SCALE = 0.1
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "convert", help="convert a MAE / MoCo v3 / DeiT / BEiT / detector checkpoint into our ViT backbone",
+        "convert",
+        help="convert a MAE / MoCo v3 / DeiT / BEiT / detector checkpoint into our ViT backbone",
         description="Read a checkpoint, convert and resize it for the detection ViT as fine-tuning "
-                    "would, write the backbone state dict and print what was loaded, dropped and resized.")
-    p.add_argument("--kind", required=True, choices=[k.value for k in InitKind if k != InitKind.RANDOM])
+                    "would, write the backbone state dict and print what was loaded, dropped and "
+                    "resized.")
+    p.add_argument("--kind", required=True,
+                   choices=[k.value for k in InitKind if k != InitKind.RANDOM])
     p.add_argument("--checkpoint", required=True, help="input checkpoint file")
     p.add_argument("--size", default="base", choices=sorted(VIT_SIZES), help="ViT size preset")
     p.add_argument("--out", required=True, help="output .pth (written atomically)")
-    p.add_argument("--img-size", type=int, default=1024, help="detection input side (sets the grid)")
+    p.add_argument("--img-size", type=int, default=1024,
+                   help="detection input side (sets the grid)")
     p.add_argument("--rel-pos-init", choices=[v.value for v in RelPosInit], default=None,
-                   help="default: the paper's for --kind; 'none' also builds the ViT without rel-pos")
+                   help="default: the paper's for --kind; 'none' also builds the ViT "
+                        "without rel-pos")
     p.add_argument("--abs-pos-init", choices=[v.value for v in AbsPosInit], default=None,
-                   help="default: the paper's for --kind; 'none' also builds the ViT without abs-pos")
+                   help="default: the paper's for --kind; 'none' also builds the ViT "
+                        "without abs-pos")
     p.add_argument("--vit", action="append", default=[], metavar="KEY=VALUE",
-                   help="ViTConfig override (repeatable), e.g. attention=window, pretrain_img_size=224")
+                   help="ViTConfig override (repeatable), e.g. attention=window, "
+                        "pretrain_img_size=224")
     p.add_argument("--report-json", default=None, help="also write the load report as JSON here")
     p.set_defaults(func=run_convert)
 

@@ -88,7 +88,8 @@ def detect_layout(state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str]
         return Layout.VITDET, f"{under}, {what}"
     if any(k.startswith("head.") for k in keys):
         distilled = ", distilled" if "dist_token" in keys else ""
-        return Layout.TIMM, f"{under}, cls_token + head.* classifier{distilled} (DeiT/timm supervised)"
+        return Layout.TIMM, (f"{under}, cls_token + head.* classifier{distilled} "
+                             "(DeiT/timm supervised)")
     decoder = " + MAE decoder" if any(k.startswith("decoder_") for k in keys) else ""
     return Layout.MAE, f"{under}, cls_token + pos_embed, no classifier head{decoder} (MAE encoder)"
 

@@ -87,7 +87,8 @@ def resolve_pos_init(init: InitConfig, vit: ViTConfig) -> tuple[RelPosInit, AbsP
     """
     kind = InitKind(init.kind)
     if kind == InitKind.RANDOM and init.checkpoint:
-        raise ConfigError(f"init.kind=random takes no checkpoint, got checkpoint={init.checkpoint!r}")
+        raise ConfigError("init.kind=random takes no checkpoint, "
+                          f"got checkpoint={init.checkpoint!r}")
     if kind != InitKind.RANDOM and not init.checkpoint:
         raise ConfigError(f"init.kind={kind.value} needs init.checkpoint (a file path)")
 

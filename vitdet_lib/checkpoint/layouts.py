@@ -106,7 +106,8 @@ _BLOCK_RENAMES = {"ls1.gamma": "gamma_1", "ls2.gamma": "gamma_2"}
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _PATCH_EMBED = ("patch_embed.proj.weight", "patch_embed.proj.bias")
 
-_FINAL_NORM = "final encoder norm: the detection backbone has none (each tapped block feeds the adapter)"
+_FINAL_NORM = ("final encoder norm: the detection backbone has none "
+               "(each tapped block feeds the adapter)")
 _CLS = "class token: the detection backbone has none"
 # top-level keys of timm-style encoders that detection does not use: (exact key or prefix, reason)
 _TIMM_DROPS: tuple[tuple[str, str], ...] = (
@@ -128,7 +129,8 @@ _BEIT_DROPS: tuple[tuple[str, str], ...] = (
     ("fc_norm.", "norm before the classifier (fine-tuned BEiT)"),
     ("head.", "classification head (fine-tuned BEiT)"),
 )
-_INDEX_BUFFER = "relative-position index buffer: a derived constant (our bias is built from offsets directly)"
+_INDEX_BUFFER = ("relative-position index buffer: a derived constant "
+                 "(our bias is built from offsets directly)")
 _MOCO_DROPS: tuple[tuple[str, str], ...] = (
     ("momentum_encoder.", ("MoCo v3 momentum encoder: an EMA copy; the base encoder is the one "
                            "transferred (as MoCo v3's own conversion does)")),
@@ -154,11 +156,13 @@ def unwrap_state(obj: Any) -> tuple[dict[str, torch.Tensor], str]:
         raise CheckpointError(f"a checkpoint must be a mapping, got {type(obj).__name__}")
     for wrapper in ("state_dict", "model", "module"):
         inner = obj.get(wrapper)
-        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+        if (isinstance(inner, Mapping) and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())):
             return dict(inner), wrapper
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj), ""
-    raise CheckpointError(f"no state dict found in the checkpoint (top-level keys: {sorted(obj)[:10]})")
+    raise CheckpointError("no state dict found in the checkpoint "
+                          f"(top-level keys: {sorted(obj)[:10]})")
 
 
 def _ddp_prefix(state: Mapping[str, torch.Tensor]) -> str:
@@ -193,7 +197,8 @@ def detect_layout(state: Mapping[str, torch.Tensor]) -> CheckpointLayout:
     return CheckpointLayout.TIMM if "cls_token" in keys else CheckpointLayout.VITDET
 
 
-def read_state(state: Mapping[str, torch.Tensor], layout: CheckpointLayout | None = None) -> SourceViT:
+def read_state(state: Mapping[str, torch.Tensor],
+               layout: CheckpointLayout | None = None) -> SourceViT:
     """Read a state dict in ``layout`` (detected when None) into a :class:`SourceViT`."""
     layout = CheckpointLayout(layout) if layout is not None else detect_layout(state)
     reader = {CheckpointLayout.TIMM: _read_timm, CheckpointLayout.MOCOV3: _read_mocov3,

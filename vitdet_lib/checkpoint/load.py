@@ -41,8 +41,8 @@ def read_source(obj: Any, kind: InitKind) -> SourceViT:
     allowed = KIND_LAYOUTS[kind]
     if layout not in allowed:
         raise CheckpointError(
-            f"the checkpoint is in the {layout.value!r} layout, but init.kind={kind.value} comes in "
-            f"{[a.value for a in allowed]}: is it the right file for this init?")
+            f"the checkpoint is in the {layout.value!r} layout, but init.kind={kind.value} "
+            f"comes in {[a.value for a in allowed]}: is it the right file for this init?")
     return read_state(state, layout)
 
 
@@ -117,7 +117,8 @@ def _initialize(vit: ViT, init: InitConfig, kind: InitKind,
     for key, tensor in new_state.items():
         if tensor.shape != model_state[key].shape:
             raise CheckpointError(f"{key}: checkpoint shape {list(tensor.shape)} != model shape "
-                                  f"{list(model_state[key].shape)} (from {report.loaded.get(key, key)})")
+                                  f"{list(model_state[key].shape)} "
+                                  f"(from {report.loaded.get(key, key)})")
     vit.load_state_dict(new_state, strict=True)
     return report
 
@@ -145,10 +146,11 @@ def _check_compatible(src: SourceViT, vit: ViT) -> None:
     tables = [src.rel_shared, *src.rel_per_block.values(), *src.rel_by_kind.values()]
     heads = {t.table.shape[1] for t in tables if t is not None}
     if heads:  # only relative-position tables reveal the head count
-        found.append(("attention heads (num_heads)", next(iter(heads)) if len(heads) == 1 else sorted(heads),
-                      cfg.num_heads))
+        found.append(("attention heads (num_heads)",
+                      next(iter(heads)) if len(heads) == 1 else sorted(heads), cfg.num_heads))
     has_gamma = any(k.endswith(".gamma_1") for k in src.tensors)
-    found.append(("layer scale (gamma_1/gamma_2; layer_scale_init > 0)", has_gamma, cfg.layer_scale_init > 0))
+    found.append(("layer scale (gamma_1/gamma_2; layer_scale_init > 0)", has_gamma,
+                  cfg.layer_scale_init > 0))
     has_bias = any(k.endswith(".attn.qkv.bias") for k in src.tensors)
     found.append(("qkv bias (qkv_bias)", has_bias, cfg.qkv_bias))
     bad = [f"{name}: checkpoint {got}, config {want}" for name, got, want in found if got != want]
@@ -164,8 +166,10 @@ def _init_abs_pos(src: SourceViT, how: AbsPosInit, model_state: dict[str, torch.
                   new_state: dict[str, torch.Tensor], report: LoadReport) -> None:
     """Fill ``pos_embed`` [1, G, G, C] as ``how`` says; a stored embedding not used is dropped."""
     if src.abs_pos is not None and how != AbsPosInit.PRETRAINED:
-        reason = "model has no absolute embeddings" if how == AbsPosInit.NONE else "a new random one is used"
-        report.dropped[src.abs_pos_key] = f"pre-trained absolute embeddings not used (abs_pos_init={how.value}: {reason})"
+        reason = ("model has no absolute embeddings" if how == AbsPosInit.NONE
+                  else "a new random one is used")
+        report.dropped[src.abs_pos_key] = ("pre-trained absolute embeddings not used "
+                                           f"(abs_pos_init={how.value}: {reason})")
     if how == AbsPosInit.NONE:
         return
     target = model_state["pos_embed"]
@@ -174,8 +178,9 @@ def _init_abs_pos(src: SourceViT, how: AbsPosInit, model_state: dict[str, torch.
         report.missing["pos_embed"] = f"truncated normal, std {_RANDOM_STD} (abs_pos_init=random)"
         return
     if src.abs_pos is None:
-        raise CheckpointError(f"abs_pos_init=pretrained, but the {src.layout.value} checkpoint has no "
-                              f"absolute position embeddings; use abs_pos_init=random or none")
+        raise CheckpointError(f"abs_pos_init=pretrained, but the {src.layout.value} checkpoint "
+                              f"has no absolute position embeddings; "
+                              f"use abs_pos_init=random or none")
     grid = tuple(target.shape[1:3])
     # the stored tensor as is (MAE's and MoCo v3's sin-cos layouts differ: never regenerate)
     pos = resize_abs_pos(src.abs_pos, grid, src.num_prefix_tokens)
@@ -190,8 +195,9 @@ def _init_abs_pos(src: SourceViT, how: AbsPosInit, model_state: dict[str, torch.
                       f"as the stored {side}x{side} grid")]
         if (side, side) != grid:
             steps.append(f"bicubic {side}x{side} -> {grid[0]}x{grid[1]}")
-        report.shape_changes.append(ShapeChange("pos_embed", src.abs_pos_key, list(src.abs_pos.shape),
-                                                list(pos.shape), "; ".join(steps)))
+        report.shape_changes.append(ShapeChange("pos_embed", src.abs_pos_key,
+                                                list(src.abs_pos.shape), list(pos.shape),
+                                                "; ".join(steps)))
 
 
 def _pretrained_rel_tables(vit: ViT, src: SourceViT, kinds: list[str]
@@ -211,7 +217,8 @@ def _pretrained_rel_tables(vit: ViT, src: SourceViT, kinds: list[str]
         elif src.rel_per_block:
             # per-block tables -> one shared table per kind: their mean over the blocks of that
             # kind (the detection backbone shares one table across all blocks of a kind)
-            blocks = [i for i, b in enumerate(vit.blocks) if bool(b.window_size) == (kind == "window")]
+            blocks = [i for i, b in enumerate(vit.blocks)
+                      if bool(b.window_size) == (kind == "window")]
             lacking = [i for i in blocks if i not in src.rel_per_block]
             if lacking:
                 raise CheckpointError(f"per-block relative tables missing for blocks {lacking}")
@@ -219,10 +226,12 @@ def _pretrained_rel_tables(vit: ViT, src: SourceViT, kinds: list[str]
             mean = torch.stack([t.table.float() for t in tables]).mean(0).to(tables[0].table.dtype)
             first = tables[0]
             source = f"mean({', '.join(t.source for t in tables)})"
-            out[kind] = (RelTable(mean, source, first.stored_shape, first.how), {t.source for t in tables})
+            out[kind] = (RelTable(mean, source, first.stored_shape, first.how),
+                         {t.source for t in tables})
         else:
-            raise CheckpointError(f"rel_pos_init=pretrained, but the {src.layout.value} checkpoint has no "
-                                  f"relative-position tables; use rel_pos_init=zero or random")
+            raise CheckpointError(f"rel_pos_init=pretrained, but the {src.layout.value} "
+                                  f"checkpoint has no relative-position tables; "
+                                  f"use rel_pos_init=zero or random")
     return out
 
 
@@ -242,7 +251,8 @@ def _init_rel_pos(vit: ViT, src: SourceViT, how: RelPosInit, model_state: dict[s
             src_side = rel_table_side(rel.table)
             steps = [rel.how] if rel.how else []
             if src_side != side:
-                steps.append(f"bicubic over the offset plane {src_side}x{src_side} -> {side}x{side}")
+                steps.append(f"bicubic over the offset plane {src_side}x{src_side} "
+                             f"-> {side}x{side}")
             if rel.stored_shape != list(table.shape) or steps:
                 report.shape_changes.append(ShapeChange(key, rel.source, rel.stored_shape,
                                                         list(table.shape), "; ".join(steps)))

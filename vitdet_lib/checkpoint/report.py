@@ -81,7 +81,8 @@ def _grouped(entries: dict[str, str], max_keys: int) -> list[str]:
         by_reason.setdefault(reason, []).append(key)
     lines = []
     for reason, keys in by_reason.items():
-        shown = ", ".join(keys[:max_keys]) + (f" (+{len(keys) - max_keys} more)" if len(keys) > max_keys else "")
+        shown = ", ".join(keys[:max_keys]) + (f" (+{len(keys) - max_keys} more)"
+                                              if len(keys) > max_keys else "")
         lines.append(f"    {reason}: {shown}")
     return lines
 

@@ -45,7 +45,8 @@ def prepare_data(data: DataConfig) -> DataPaths:
     or a concurrent writer never leaves a half-written dataset under the final name.
     """
     if data.generated is None:
-        val = (Path(data.val_images), Path(data.val_annotations)) if data.val_images else (None, None)
+        val = ((Path(data.val_images), Path(data.val_annotations)) if data.val_images
+               else (None, None))
         return DataPaths(Path(data.train_images), Path(data.train_annotations), *val)
     gen = data.generated
     root = generated_dataset_dir(data)

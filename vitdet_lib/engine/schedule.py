@@ -39,7 +39,8 @@ def iterations_for_epochs(epochs: float, num_images: int, batch_size: int) -> in
 
 
 class WarmupCosineSchedule:
-    """Sets each param group's lr to ``initial_lr * factor(iteration)``; step once per optimizer step.
+    """Sets each param group's lr to ``initial_lr * factor(iteration)``; step once per optimizer
+    step.
 
     A LambdaLR-like object indexed by optimizer steps whose whole state is two integers and the
     base lrs, so a checkpoint restores it exactly. Groups may carry an ``lr_scale`` (e.g. for
@@ -92,6 +93,7 @@ class WarmupCosineSchedule:
         shape = (state["total_iters"], state["warmup_iters"], state["warmup_factor"])
         if strict and shape != (self.total_iters, self.warmup_iters, self.warmup_factor):
             raise ValueError(f"checkpointed schedule (total, warmup, factor)={shape} differs "
-                             f"from the configured {(self.total_iters, self.warmup_iters, self.warmup_factor)}")
+                             "from the configured "
+                             f"{(self.total_iters, self.warmup_iters, self.warmup_factor)}")
         self.last_iter = state["last_iter"]
         self._apply()

@@ -33,7 +33,8 @@ def _uniform(n: int, lo: float, hi: float) -> torch.Tensor:
     return torch.rand(n) * (hi - lo) + lo
 
 
-def crop_flip_matrix(n: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3),
+def crop_flip_matrix(n: int, scale: tuple[float, float],
+                     ratio: tuple[float, float] = (3 / 4, 4 / 3),
                      flip_prob: float = 0.5) -> torch.Tensor:
     """Random-resized-crop + horizontal flip as affine maps, output -> source coordinates.
 

@@ -104,7 +104,8 @@ def cmd_pretrain_eval(args: argparse.Namespace) -> int:
         method = load_pretrained(args.checkpoint)
         cfg = method.cfg
         if args.set:
-            raise ConfigError("--set applies to --random-init only; a checkpoint carries its config")
+            raise ConfigError("--set applies to --random-init only; "
+                              "a checkpoint carries its config")
     else:
         if not (args.method and args.random_init):
             raise ConfigError("give --checkpoint, or --method with --random-init")
@@ -131,7 +132,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", required=True, choices=methods)
     p.add_argument("--epochs", type=float, default=None, help="overrides train.epochs")
     p.add_argument("--out", required=True, help="output directory (resumes from its last.pth)")
-    p.add_argument("--params", default=None, help="params file (default params/pretrain_<method>.yaml)")
+    p.add_argument("--params", default=None,
+                   help="params file (default params/pretrain_<method>.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--stop-after-steps", type=int, default=None,

@@ -14,7 +14,8 @@ from ..data.fashion import load_fashion_mnist
 from .config import PretrainDataConfig
 
 
-def load_pretrain_images(cfg: PretrainDataConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def load_pretrain_images(cfg: PretrainDataConfig,
+                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The (subset of the) train split: uint8 [N, 28, 28] and int64 labels [N].
 
     A subset is a seeded random choice of ``cfg.num_images`` images (class balance kept in

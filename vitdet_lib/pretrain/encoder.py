@@ -99,7 +99,8 @@ class RelativePositionBias(nn.Module):
 
 
 class QVBiasAttention(Attention):
-    """BEiT's attention: ``qkv`` without bias plus learned ``q_bias`` and ``v_bias`` (k has none)."""
+    """BEiT's attention: ``qkv`` without bias plus learned ``q_bias`` and ``v_bias`` (k has
+    none)."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__(dim, num_heads, qkv_bias=False)
@@ -174,7 +175,8 @@ class PretrainViT(nn.Module):
         else:
             self.pos_embed = nn.Parameter(sincos_2d_pos_embed(dim, self.grid, self.pos_embed_kind),
                                           requires_grad=False)
-        self.rel_pos_bias = RelativePositionBias(self.grid, cfg.num_heads) if shared_rel_pos else None
+        self.rel_pos_bias = (RelativePositionBias(self.grid, cfg.num_heads) if shared_rel_pos
+                             else None)
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
             SeqBlock(dim, cfg.num_heads, cfg.mlp_ratio, qv_bias=qv_bias, drop_path=rates[i],

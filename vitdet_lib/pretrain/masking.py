@@ -11,7 +11,8 @@ import math
 import torch
 
 
-def random_masking(batch: int, num_patches: int, mask_ratio: float, device: torch.device | None = None
+def random_masking(batch: int, num_patches: int, mask_ratio: float,
+                   device: torch.device | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MAE's per-sample random masking by argsort of uniform noise.
 

@@ -5,9 +5,10 @@ tokenizer can be downloaded here, so this one is trained on the same Fashion-MNI
 BEiT pre-training. It is DALL-E's design shrunk: a conv encoder whose output grid is the ViT's
 patch grid (so token (i, j) describes exactly patch (i, j); it reads the image at 4 pixels per
 token, 32x32 for the 8x8 grid, as BEiT's tokenizer reads a half-resolution view) and outputs
-logits over the vocabulary, a relaxed one-hot sample (Gumbel-softmax with an annealed temperature) passed through
-a codebook into a conv decoder, an L2 reconstruction loss (DALL-E uses a logit-Laplace
-likelihood) and a KL term towards the uniform prior. Images are grey, so it reads one channel.
+logits over the vocabulary, a relaxed one-hot sample (Gumbel-softmax with an annealed temperature)
+passed through a codebook into a conv decoder, an L2 reconstruction loss (DALL-E uses a
+logit-Laplace likelihood) and a KL term towards the uniform prior. Images are grey, so it reads one
+channel.
 At tokenisation time the code is the encoder's argmax.
 """
 from __future__ import annotations
@@ -106,7 +107,8 @@ def codebook_stats(ids: torch.Tensor, vocab_size: int) -> dict[str, float]:
 
 def train_tokenizer(images: torch.Tensor, cfg: TokenizerConfig, *, img_size: int, patch_size: int,
                     crop_scale: tuple[float, float], seed: int = 0,
-                    log: Callable[[dict[str, Any]], None] | None = None) -> tuple[DiscreteVAE, dict]:
+                    log: Callable[[dict[str, Any]], None] | None = None
+                    ) -> tuple[DiscreteVAE, dict]:
     """Train a tokenizer on uint8 source images [N, h, w] (CPU; forks the RNG, seeded).
 
     Returns:
@@ -129,7 +131,8 @@ def train_tokenizer(images: torch.Tensor, cfg: TokenizerConfig, *, img_size: int
             opt.step()
             sched.step()
             if log is not None and (step % 50 == 0 or step == cfg.steps - 1):
-                log({"type": "tokenizer", "step": step, "loss": float(loss.detach()), "tau": tau, **parts})
+                log({"type": "tokenizer", "step": step, "loss": float(loss.detach()), "tau": tau,
+                     **parts})
     vae.eval()
     grey = resize(images[:2000], vae.resolution)
     ids = vae.tokenize(grey)

@@ -57,7 +57,8 @@ NUMBERS: tuple[PaperNumber, ...] = (
     PaperNumber("T2", "multi-scale (FPN)", "cost", "+~5% train time, +~10% inference, <1% memory"),
     # Table 3: ViT-L strategies
     PaperNumber("T3", "window", "APbox", 50.7), PaperNumber("T3", "hybrid", "APbox", 53.3),
-    PaperNumber("T3", "global", "APbox", "~ hybrid; out of memory on 32 GB V100 without a strategy"),
+    PaperNumber("T3", "global", "APbox",
+                "~ hybrid; out of memory on 32 GB V100 without a strategy"),
     PaperNumber("T3", "global_checkpoint", "APbox", "~ hybrid, much slower"),
     # Table 4: positional information
     PaperNumber("T4", "rel-pos in fine-tuning", "APbox", "53.0 -> 53.3 (+0.2-0.3)"),

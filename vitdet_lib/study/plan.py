@@ -154,7 +154,8 @@ def plan(profile: StudyProfile, *, full: bool = False, measure: bool = True,
             row.note = "measurement run (untrained models), minutes"
             continue
         t = cfg.train
-        row.epochs, row.batch_size, row.batch_per_device = t.epochs, t.batch_size, t.batch_per_device
+        row.epochs, row.batch_size, row.batch_per_device = (t.epochs, t.batch_size,
+                                                             t.batch_per_device)
         num_train = v.experiment_data(cfg, run.name)
         if t.max_iters is not None:
             row.iterations = t.max_iters

@@ -7,10 +7,10 @@ runs is parsed once) and each problem names the runs it blocks.
 Checked: params files parse; COCO folders and files exist and pass the dataset validator
 (``data.validate.validate_coco``; image, annotation and category counts; ``num_classes``
 equals the category count); the image files they reference exist (a deterministic sample), or
-with ``full`` every image header is checked (exists, readable, size as the json says); every checkpoint file loads through its
-converter into the run's backbone (checkpoints a pre-training run of the profile writes are
-"produced by run X", not checked); output folders are writable; the launcher has the devices
-it asks for on this machine.
+with ``full`` every image header is checked (exists, readable, size as the json says); every
+checkpoint file loads through its converter into the run's backbone (checkpoints a pre-training run
+of the profile writes are "produced by run X", not checked); output folders are writable; the
+launcher has the devices it asks for on this machine.
 """
 from __future__ import annotations
 
