@@ -120,7 +120,8 @@ def test_every_figure_renders_from_few_records(tmp_path):
 def test_tide_reads_our_gt_from_path_and_torchrun_command(tmp_path):
     import json
 
-    from vitdet_lib.study.tasks import tide_errors, torchrun_command
+    from vitdet_lib.study.tasks import torchrun_command
+    from vitdet_lib.tide import tide_errors
 
     images = [{"id": i, "width": 64, "height": 64, "file_name": f"{i}.png"} for i in (1, 2)]
     anns = [{"id": k + 1, "image_id": 1 + k % 2, "category_id": 1 + k % 2, "iscrowd": 0,

@@ -169,7 +169,7 @@ def test_image_check_is_sampled_unless_full(tmp_path, monkeypatch):
 
 
 def test_launcher_devices():
-    from vitdet_lib.study.profile import LauncherConfig, LauncherKind
+    from vitdet_lib.study.launcher import LauncherConfig, LauncherKind
     from vitdet_lib.study.validate import Validator
 
     v = Validator()

@@ -158,3 +158,16 @@ def keep_configured_hyperparameters(optimizer: torch.optim.Optimizer,
     load(state)
     for group, values in zip(optimizer.param_groups, configured):
         group.update(values)
+
+
+def restore_optimization(optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any,
+                         state: dict[str, Any], *, changed: bool) -> None:
+    """Optimizer, lr schedule and grad scaler from a checkpoint (fine-tuning and pre-training
+    alike); ``changed``: the config differs in accepted ways, so the configured optimizer
+    settings and schedule length replace the stored ones."""
+    if changed:
+        keep_configured_hyperparameters(optimizer, optimizer.load_state_dict, state["optimizer"])
+    else:
+        optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"], strict=not changed)
+    scaler.load_state_dict(state["scaler"])

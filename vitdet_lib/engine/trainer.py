@@ -215,13 +215,8 @@ class Trainer(TrainLoop):
         """Restore ``state``; ``changed``: the config differs in accepted ways, so the
         configured optimizer settings and schedule length replace the stored ones."""
         self.model.load_state_dict(state["model"])
-        if changed:
-            rs.keep_configured_hyperparameters(self.optimizer, self.optimizer.load_state_dict,
-                                               state["optimizer"])
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"], strict=not changed)
-        self.scaler.load_state_dict(state["scaler"])
+        rs.restore_optimization(self.optimizer, self.schedule, self.scaler, state,
+                                changed=changed)
         self.iteration = state["iteration"]
         self.eval_history[:] = state["eval_history"]  # in place: the eval hook holds the list
         self.train_time_s = state["train_time_s"]

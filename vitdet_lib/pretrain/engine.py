@@ -217,13 +217,8 @@ class Pretrainer(TrainLoop):
         self._found = None  # the loaded tensors are not kept beyond the resume
         changed = bool(self._changes)
         self.method.load_official_state(state[self.method.checkpoint_key])
-        if changed:
-            rs.keep_configured_hyperparameters(self.optimizer, self.optimizer.load_state_dict,
-                                               state["optimizer"])
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"], strict=not changed)
-        self.scaler.load_state_dict(state["scaler"])
+        rs.restore_optimization(self.optimizer, self.schedule, self.scaler, state,
+                                changed=changed)
         self.iteration = state["step"]
         if state["world_size"] == self.info.world_size:
             ckpt.restore_rng_state(state["rng"][self.info.rank])

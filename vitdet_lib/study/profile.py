@@ -16,51 +16,19 @@ paper does). ``stage`` groups runs so that a long study runs in parts (``study r
 """
 from __future__ import annotations
 
-import enum
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from vitdet_lib.config import ConfigError, from_dict
+from vitdet_lib.config import ConfigError, from_dict, yaml_load
 from vitdet_lib.errors import yaml_errors
+
+from .budget import PretrainBudget, budget_epochs
+from .launcher import LauncherConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO_ROOT / "params" / "study"
-
-
-class LauncherKind(str, enum.Enum):
-    LOCAL = "local"  # in the notebook's own process
-    TORCHRUN = "torchrun"  # a torchrun job started by the notebook (the paper's scale)
-    SLURM = "slurm"  # each run a SLURM job through submitit (study/slurm.py)
-
-
-@dataclass
-class LauncherConfig:
-    """How training runs are started.
-
-    Args:
-        kind: in-process, or ``torchrun`` across GPUs and nodes.
-        nproc_per_node, nnodes: torchrun's process layout.
-        rdzv_endpoint: ``host:port`` of the rendezvous (multi-node); None = single node.
-        nodes, gpus_per_node, partition, time_limit_min, account: the SLURM job of each run
-            (kind slurm); fine-tuning runs span ``nodes``, the others take one node.
-        requeue: requeue a preempted / timed-out job; the run resumes from its ``last.pth``.
-    """
-
-    kind: LauncherKind = LauncherKind.LOCAL
-    nproc_per_node: int = 1
-    nnodes: int = 1
-    rdzv_endpoint: str | None = None
-    # kind: slurm (study/slurm.py)
-    nodes: int = 1
-    gpus_per_node: int = 8
-    partition: str | None = None
-    time_limit_min: int = 72 * 60
-    account: str | None = None
-    requeue: bool = True
 
 
 @dataclass
@@ -149,52 +117,6 @@ class SweepConfig:
 
 
 @dataclass
-class PretrainBudget:
-    """The one rule that sets every method's pre-training length (``vitdet_lib.pretrain.budget``).
-
-    A pre-training run opts in with ``parameters: {budget: true}``; its ``train.epochs`` is then
-    the rule's (runs that study the length itself, e.g. Figure 3's, set their own).
-
-    Args:
-        rule: ``equal_compute`` (each method the same device time, from its measured
-            throughput), ``paper_proportional`` (the paper's epoch ratios, scaled to the
-            budget), or ``equal_epochs`` (the same ``epochs`` for all: only for pipeline checks).
-        total_seconds: device time of all the methods' pre-trainings together.
-        num_images: images per pre-training epoch.
-        images_per_s: measured training throughput per method (``measured`` says how).
-        epochs: the ``equal_epochs`` length.
-        measured: the command, device and date of the throughput measurement.
-    """
-
-    rule: str = ""
-    total_seconds: float = 0.0
-    num_images: int = 0
-    images_per_s: dict[str, float] = field(default_factory=dict)
-    epochs: float = 0.0
-    measured: str = ""
-
-
-def budget_epochs(profile: StudyProfile, method: str) -> float:
-    """``method``'s pre-training epochs under the profile's budget rule."""
-    from vitdet_lib.pretrain.budget import split_budget
-
-    b = profile.pretrain_budget
-    if not b.rule:
-        raise ConfigError(f"profile {profile.name}: a pre-training run asks for `budget` but "
-                          "the profile has no pretrain_budget")
-    if b.rule == "equal_epochs":
-        if b.epochs <= 0:
-            raise ConfigError(f"profile {profile.name}: pretrain_budget.epochs must be > 0")
-        return float(b.epochs)
-    shares = split_budget(b.images_per_s, b.total_seconds, b.num_images, b.rule)
-    found = {m.value: share for m, share in shares.items()}
-    if method not in found:
-        raise ConfigError(f"profile {profile.name}: pretrain_budget.images_per_s has no "
-                          f"{method!r} (has {sorted(found)})")
-    return round(found[method].epochs, 3)
-
-
-@dataclass
 class StudyProfile:
     """Everything ``vitdet-bench study run --profile NAME`` does.
 
@@ -276,7 +198,7 @@ def load_profile(name_or_path: str | Path) -> StudyProfile:
     if not path.is_file():
         raise ConfigError(f"study profile {path} not found")
     with yaml_errors(path):
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_text()) or {}  # the params files' loader: 1e-4 is a float
     profile = profile_from_dict(data, where=f"{path}: profile")
     profile.name = profile.name or path.stem
     profile.results_dir = profile.results_dir or f"results/study/{profile.name}"

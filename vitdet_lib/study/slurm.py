@@ -31,7 +31,8 @@ from vitdet_lib.io import read_json, write_json_atomic
 
 from . import records as rec
 from .graph import Node, SweepNode, select, study_nodes
-from .profile import LauncherConfig, LauncherKind, Run, StudyProfile
+from .launcher import LauncherConfig, LauncherKind
+from .profile import Run, StudyProfile
 from .runner import Executor, Outcome, StudyRunner, StudySummary
 
 STATE_NAME = "slurm_jobs.json"

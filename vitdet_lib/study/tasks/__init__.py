@@ -15,10 +15,10 @@ from .finetune import finetune, load_run_experiment
 from .launch import torchrun_command
 from .measure import complexity, memory_time
 from .pretrain import pretrain
-from .tide import tide, tide_errors
+from .tide import tide
 
 __all__ = ["call", "complexity", "finetune", "load_run_experiment", "memory_time", "pretrain",
-           "tide", "tide_errors", "torchrun_command"]
+           "tide", "torchrun_command"]
 
 
 def call(task: Any, parameters: dict[str, Any]) -> dict[str, Any]:
