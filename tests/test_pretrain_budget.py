@@ -9,7 +9,7 @@ from pretrain_tiny import one_thread, tiny_cfg, train_images  # noqa: F401 (auto
 from vitdet_lib import cli
 from vitdet_lib.config import ConfigError
 from vitdet_lib.pretrain.budget import PAPER_EPOCHS, images_per_second, split_budget
-from vitdet_lib.pretrain.calibrate import lr_check, measure_throughput
+from vitdet_lib.pretrain.calibrate import best_lr, lr_check, measure_throughput
 from vitdet_lib.pretrain.config import Method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +69,16 @@ def test_lr_check_records_the_loss_drop_per_lr():
                                          sum(good["losses"][-3:]) / 3)
     assert broken["diverged"] and "non-finite" in broken["error"] and not good["diverged"]
     assert result["best_lr"] == 3e-3
+
+
+def test_best_lr_is_the_lowest_final_loss_not_the_largest_drop():
+    # a large lr lowers the loss within the first window already, so its "drop" is smaller
+    # although it ends lower (as MAE did in our check at width 128)
+    runs = [{"lr": 3e-4, "loss_first": 1.74, "loss_last": 0.689, "drop": 1.05, "diverged": False},
+            {"lr": 3e-3, "loss_first": 1.46, "loss_last": 0.659, "drop": 0.80, "diverged": False},
+            {"lr": 1e8, "loss_first": 9.0, "loss_last": 0.1, "drop": 8.9, "diverged": True}]
+    assert best_lr(runs) == 3e-3
+    assert best_lr([runs[2]]) is None
 
 
 def test_lr_check_cli_and_throughput_script(tmp_path):

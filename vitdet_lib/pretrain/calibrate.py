@@ -91,6 +91,12 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def best_lr(runs: list[dict[str, Any]]) -> float | None:
+    """The lr of the run with the lowest final loss among those that did not diverge."""
+    ok = [r for r in runs if not r["diverged"]]
+    return min(ok, key=lambda r: r["loss_last"])["lr"] if ok else None
+
+
 def lr_check(cfg: PretrainConfig, lrs: list[float], images: torch.Tensor, labels: torch.Tensor,
              *, steps: int = 50, window: int = 5, warmup_steps: int | None = None
              ) -> dict[str, Any]:
@@ -107,8 +113,10 @@ def lr_check(cfg: PretrainConfig, lrs: list[float], images: torch.Tensor, labels
 
     Returns:
         ``{"method", "steps", "window", "runs": [{"lr", "loss_first", "loss_last", "drop",
-        "relative_drop", "diverged", "losses"}], "best_lr"}``; ``best_lr`` has the largest drop
-        among the runs that did not diverge (None if all did).
+        "relative_drop", "diverged", "losses"}], "best_lr"}``; ``best_lr`` has the lowest final
+        loss (``loss_last``) among the runs that did not diverge (None if all did). Every run
+        starts from the same weights and batches, so the final losses compare directly; the
+        drop does not, since a larger lr lowers the loss already within the first window.
     """
     if steps < 2 * window:
         raise ConfigError(f"lr_check: steps={steps} must be at least 2 x window={window}")
@@ -134,8 +142,7 @@ def lr_check(cfg: PretrainConfig, lrs: list[float], images: torch.Tensor, labels
             runs.append({"lr": lr, "loss_first": first, "loss_last": last, "drop": first - last,
                          "relative_drop": relative, "diverged": diverged, "error": error,
                          "losses": losses, "wall_s": time.perf_counter() - start})
-    ok = [r for r in runs if not r["diverged"]]
-    best = max(ok, key=lambda r: r["drop"])["lr"] if ok else None
+    best = best_lr(runs)
     return {"method": cfg.method.value, "steps": steps, "window": window,
             "warmup_steps": warmup, "num_images": len(images),
             "batch_size": cfg.train.batch_size, "runs": runs, "best_lr": best}
