@@ -150,3 +150,14 @@ def test_results_dir_moves_the_work_dir_and_the_init_checkpoints(tmp_path):
     assert seen["ft-mae-ep1-s0"]["init_checkpoint"] == str(tmp_path / "scratch" / "work" / "pt-mae"
                                                             / "last.pth")
     assert not (tmp_path / "results").exists()
+
+
+def test_records_stay_current_when_the_study_moves_to_other_folders(tmp_path):
+    """Shipped records are checked in a clone whose work folder differs from the one they ran
+    in: paths are not part of what a run computed (its checkpoint's sha256 is)."""
+    run_study(_profile(tmp_path), executor=Fake(), results_dir=tmp_path / "ran_here",
+              echo=lambda s: None)
+    moved = _profile(tmp_path)  # the profile's own folders: records there, work elsewhere
+    moved.results_dir, moved.work_dir = str(tmp_path / "ran_here"), str(tmp_path / "elsewhere")
+    states = study_state(moved)
+    assert {o.status for o in states.values()} == {"success"}

@@ -21,9 +21,12 @@ import yaml
 from vitdet_lib.io import jsonable
 
 CODE_DIRS = ("vitdet_lib", "notebooks")
-# notebook parameters that say where a run writes, not what it computes
+# notebook parameters that say where a run reads or writes or how it is launched, not what it
+# computes (the initial checkpoint's identity is its sha256, not its path; the data source is
+# its own field)
 LOCATION_KEYS = frozenset({"run_name", "profile", "note", "results_dir", "record_path",
-                           "work_dir", "fresh", "launcher", "fallback_overrides", "serves"})
+                           "work_dir", "fresh", "launcher", "fallback_overrides", "serves",
+                           "init_checkpoint", "torch_threads"})
 
 
 @functools.lru_cache(maxsize=4096)
@@ -118,7 +121,7 @@ def fingerprint(parameters: dict[str, Any], *, repo_root: Path, data_source: str
     params = {k: v for k, v in jsonable(parameters).items() if k not in LOCATION_KEYS}
     files = params_digests(params["params"], repo_root) if params.get("params") else {}
     return {"parameters": params, "params_files": files,
-            "checkpoint": checkpoint_identity(params.get("init_checkpoint"), upstream),
+            "checkpoint": checkpoint_identity(parameters.get("init_checkpoint"), upstream),
             "data_source": data_source, "code": code_version(str(repo_root))}
 
 
