@@ -7,13 +7,12 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
+import submitit
 
 from vitdet_lib.study import records as rec
 from vitdet_lib.study.profile import REPO_ROOT, profile_from_dict
 from vitdet_lib.study.slurm import STATE_NAME, SlurmStudyExecutor, inner_launcher
 
-pytest.importorskip("submitit")
 STEPS = 4
 
 
@@ -21,7 +20,6 @@ def fake_notebook(notebook: Path, output: Path, parameters: dict, cwd: Path) -> 
     """A training run in miniature: STEPS steps with a progress file (its ``last.pth``); the
     run named in ``interrupt`` is preempted (``preempt``) or killed (``kill``) at step 2 of
     its first attempt."""
-    import submitit
 
     work = Path(parameters["work_dir"])
     work.mkdir(parents=True, exist_ok=True)
