@@ -176,15 +176,15 @@ class StudyRunner:
         return Run(run.name, run.notebook, {**run.parameters, **{k: won[k] for k in keys}},
                    run.needs, run.serves, run.stage, run.tuned_by)
 
-    def _state(self, run: Run, params: dict[str, Any]) -> tuple[str, str]:
-        """``(status, why)`` of ``run``'s record against its current fingerprint."""
+    def _state(self, run: Run, fp: dict[str, Any]) -> tuple[str, str]:
+        """``(status, why)`` of ``run``'s record against its current fingerprint ``fp``."""
         old = self.record_of(run.name)
         if old is None:
             return NO_RUN, ""
         if old.get("status") != rec.SUCCESS:
             return old.get("status", rec.FAILED), old.get("reason") or _last_line(
                 old.get("error", ""))
-        reasons = stale_reasons(old.get("fingerprint"), self._fingerprint(run, params))
+        reasons = stale_reasons(old.get("fingerprint"), fp)
         return (STALE, "; ".join(reasons)) if reasons else (rec.SUCCESS, "")
 
     def execute(self, run: Run) -> Outcome:
@@ -201,7 +201,8 @@ class StudyRunner:
             return self._skip(run, self._parameters(run), tuned, prefix)
         run = tuned
         params = self._parameters(run)
-        state, why = self._state(run, params)
+        fp = self._fingerprint(run, params)  # what the run depends on, as it starts
+        state, why = self._state(run, fp)
         if self.dry_run:
             return self._add(Outcome(run.name, state, message=why, parameters=params))
         if state == rec.SUCCESS and not self.force:
@@ -228,7 +229,6 @@ class StudyRunner:
         record = rec.read_record(path)
         if error is None and not rec.is_success(record):
             error = f"{notebook.name} finished without writing a success record to {path}"
-        fp = self._fingerprint(run, params)
         if error is not None:
             rec.write_json_atomic(path, rec.make_record(
                 run.name, rec.FAILED, parameters=params, error=error, notebook=run.notebook,
