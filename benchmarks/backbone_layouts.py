@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from vitdet_lib.config import AttentionLayout, vit_config
-from vitdet_lib.io import write_json_atomic
+from vitdet_lib.io import provenance, write_json_atomic
 from vitdet_lib.model.vit import ViT
-from vitdet_lib.profiling import count_flops, environment, peak_memory, time_call
+from vitdet_lib.profiling import count_flops, peak_memory, time_call
 
 
 def measure_layout(size: str, image_size: int, layout: AttentionLayout, device: torch.device,
@@ -61,7 +61,7 @@ def main() -> None:
                                  if k.endswith(("_s", "_mb", "_gflops"))}
     keys = [k for k in rows[0] if k not in ("layout", "ratios_to_hybrid")]
     print(f"ViT-{args.size} backbone at {args.image_size}x{args.image_size}, batch 1, "
-          f"{environment()['device']}, {torch.get_num_threads()} threads")
+          f"{provenance()['device']}, {torch.get_num_threads()} threads")
     header = "".join(f"{k:>16}" for k in keys)
     print(f"{'layout':<18}{header}   (ratio to hybrid)")
     for r in rows:
@@ -71,7 +71,7 @@ def main() -> None:
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                          if v not in (None, False))
         record = {"command": "python benchmarks/backbone_layouts.py " + flags, "size": args.size,
-                  "image_size": args.image_size, "env": environment(), "rows": rows}
+                  "image_size": args.image_size, "env": provenance(), "rows": rows}
         write_json_atomic(Path(args.json), record)
         print(f"wrote {args.json}")
 

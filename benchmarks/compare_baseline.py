@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from vitdet_lib.config import AttentionLayout, vit_config
-from vitdet_lib.io import write_json_atomic
-from vitdet_lib.profiling import count_flops, environment, peak_memory, time_call
+from vitdet_lib.io import provenance, write_json_atomic
+from vitdet_lib.profiling import count_flops, peak_memory, time_call
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def main() -> None:
         del models, new, old
     if args.json:
         record = {"command": "python benchmarks/compare_baseline.py " + " ".join(sys.argv[1:]),
-                  "env": environment(), "load_avg": list(os.getloadavg()), "rows": rows}
+                  "env": provenance(), "load_avg": list(os.getloadavg()), "rows": rows}
         print(f"wrote {write_json_atomic(args.json, record, indent=2)}")
 
 

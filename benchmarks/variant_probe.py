@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from vitdet_lib.config import AttentionLayout, vit_config
-from vitdet_lib.io import write_json_atomic
+from vitdet_lib.io import provenance, write_json_atomic
 from vitdet_lib.model.vit import ViT
-from vitdet_lib.profiling import environment, time_call
+from vitdet_lib.profiling import time_call
 
 
 class _Autocast(torch.nn.Module):
@@ -98,7 +98,7 @@ def main() -> None:
     if args.json:
         write_json_atomic(Path(args.json), {
             "command": "python benchmarks/variant_probe.py " + " ".join(sys.argv[1:]),
-            "env": environment(),
+            "env": provenance(),
             "threads": torch.get_num_threads(), "load_avg": list(os.getloadavg()), **res})
         print(f"wrote {args.json}")
 

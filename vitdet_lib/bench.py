@@ -31,9 +31,9 @@ from typing import Any
 import torch
 
 from .config import AttentionLayout, DetectorConfig, ModelConfig, vit_config
-from .io import write_json_atomic
+from .io import provenance, write_json_atomic
 from .model.attention import naive_attention
-from .profiling import count_flops, environment, peak_memory, time_call
+from .profiling import count_flops, peak_memory, time_call
 
 # untracked (git-ignored): a plain run never overwrites the committed results/bench records
 DEFAULT_OUT = Path("work_dirs/bench")
@@ -331,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         args.peak_tflops = device_peak_tflops(device)
     args.train_sizes = args.train_sizes if args.train_sizes is not None else args.image_sizes
     log = lambda s: print(s, flush=True)
-    env = environment()
+    env = provenance()
     log(f"{env['device']} | torch {env['packages']['torch']} | {torch.get_num_threads()} threads"
         f" | amp {args.amp} | load avg {os.getloadavg()[0]:.1f}")
     record: dict[str, Any] = {"command": "vitdet-bench " + " ".join(args.argv or sys.argv[1:]),

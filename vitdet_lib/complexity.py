@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .config import AttentionLayout, DetectorConfig, ModelConfig, vit_config
-from .io import write_json_atomic
+from .io import provenance, write_json_atomic
 from .model import build_detector, build_resnet_detector
-from .profiling import count_activations, count_flops, environment, peak_memory, time_call
+from .profiling import count_activations, count_flops, peak_memory, time_call
 
 
 @dataclass
@@ -80,7 +80,7 @@ def measure(model: nn.Module, name: str, image_size: int, attention: str, device
     """Measure one detector; ``timing=False`` skips the (slow on CPU) timed steps."""
     model = model.to(device)
     report = ComplexityReport(name, image_size, attention, params=param_breakdown(model),
-                              env=environment())
+                              env=provenance())
     image = torch.rand(3, image_size, image_size, device=device)
 
     model.eval()

@@ -12,8 +12,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from .io import provenance
-
 aten = torch.ops.aten
 
 # fvcore counts as "activations" the outputs of convolutions and matrix multiplies (detectron2's
@@ -151,7 +149,3 @@ def matmul_peak_flops(device: torch.device, n: int = 2048, dtype: torch.dtype = 
     seconds = time_call(lambda: a @ b, device, iters=iters, warmup=2)
     return 2 * n**3 / seconds
 
-
-def environment(device: Any = None) -> dict[str, Any]:
-    """Device and versions recorded beside every measurement (``vitdet_lib.io.provenance``)."""
-    return provenance(device)
