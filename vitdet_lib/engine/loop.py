@@ -122,6 +122,9 @@ class TrainLoop:
         """One optimizer step; advances ``self.iteration`` by one and returns the record."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the loop holds open (data loader workers) when it ends, however."""
+
     def save_checkpoint(self) -> Path:
         """Save a resumable checkpoint of the current iteration (collective); its path."""
         raise NotImplementedError
@@ -157,6 +160,7 @@ class TrainLoop:
             finally:
                 for hook in self.hooks:
                     hook.close()
+                self.close()
         return "finished"
 
     def _agreed_signal(self, signals: StopSignals) -> str | None:

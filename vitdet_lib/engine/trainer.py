@@ -128,6 +128,12 @@ class _MicroBatches:
             return item
         raise AssertionError("unreachable")
 
+    def close(self) -> None:
+        """Shut the loader's workers down now. A schedule that ends mid-epoch leaves them
+        waiting for work; with their stop signals blocked, multiprocessing's exit handler
+        (terminate, then join) would wait on them forever."""
+        self._it = None  # the iterator's finaliser sends each worker its stop message
+
 
 def _detector_forward(model: nn.Module, batch: Batch
                       ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -228,6 +234,9 @@ class Trainer(TrainLoop):
             log.warning("resuming with world_size=%d from a checkpoint of world_size=%d: RNG "
                         "streams reseeded", self.info.world_size, state["world_size"])
             seed_everything(self.cfg.train.seed + 1000 * self.iteration + self.info.rank)
+
+    def close(self) -> None:
+        self.stream.close()
 
     def save_checkpoint(self) -> Path:
         """Write the checkpoint of this iteration (once; collective) and return its path."""
