@@ -46,3 +46,36 @@ def test_failed_points_are_ignored_and_single_value_axes_fixed():
     assert widen_grid(ap, LRS, [0.1]) is None
     assert widen_grid({}, LRS, WDS) is None
     assert widen_grid({k: None for k in ap}, LRS, [0.1]) is None
+
+
+def _walk(drop_path_epochs, dp_ap):
+    """Walk a 2-lr sweep with fake runs; the names executed and the winner."""
+    from vitdet_lib.study.profile import InitSource, StudyProfile, SweepConfig
+    from vitdet_lib.study.sweep import walk_sweep
+
+    profile = StudyProfile(name="p", sizes={"S": []}, inits={"mae": InitSource(kind="mae")})
+    sweep = SweepConfig(name="hp", inits=["mae"], size="S", lr=[1e-4, 2e-4],
+                        weight_decay=[0.1], drop_path=[0.0, 0.1], max_widenings=0,
+                        parameters={"params": "x.yaml", "epochs": 1},
+                        drop_path_epochs=drop_path_epochs)
+    ran = []
+
+    def execute(run):
+        ran.append(run.name)
+        dp = run.parameters["drop_path"]
+        return dp_ap[dp] if run.parameters["stage"] == "drop_path" else run.parameters["lr"] * 1e4
+
+    return ran, walk_sweep(profile, sweep, "mae", execute, echo=lambda _: None)
+
+
+def test_drop_path_zero_reuses_the_grid_run_when_it_would_repeat_it():
+    ran, best = _walk(None, {0.1: 1.0})  # grid AP at lr 2e-4 is 2.0: dp 0 wins
+    assert ran == ["hp-mae-lr0.0001-wd0.1", "hp-mae-lr0.0002-wd0.1", "hp-mae-dp0.1"]
+    assert best == (2e-4, 0.1, 0.0)
+    ran, best = _walk(1, {0.1: 3.0})  # the same schedule written out: still reused
+    assert "hp-mae-dp0" not in ran and best == (2e-4, 0.1, 0.1)
+
+
+def test_drop_path_zero_runs_again_on_a_longer_schedule():
+    ran, best = _walk(2, {0.0: 5.0, 0.1: 3.0})
+    assert ran[-2:] == ["hp-mae-dp0", "hp-mae-dp0.1"] and best == (2e-4, 0.1, 0.0)

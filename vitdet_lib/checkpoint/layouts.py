@@ -203,7 +203,9 @@ def read_state(state: Mapping[str, torch.Tensor],
     layout = CheckpointLayout(layout) if layout is not None else detect_layout(state)
     reader = {CheckpointLayout.TIMM: _read_timm, CheckpointLayout.MOCOV3: _read_mocov3,
               CheckpointLayout.BEIT: _read_beit, CheckpointLayout.VITDET: _read_vitdet}[layout]
-    return reader(dict(state))
+    # half-precision files (the fp16 exports a study ships) are read, resized and loaded in fp32
+    return reader({k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+                   for k, v in state.items()})
 
 
 def _read_block_or_patch(src: SourceViT, key: str, full_key: str, tensor: torch.Tensor) -> bool:

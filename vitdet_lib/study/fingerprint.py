@@ -26,7 +26,7 @@ CODE_DIRS = ("vitdet_lib", "notebooks")
 # its own field)
 LOCATION_KEYS = frozenset({"run_name", "profile", "note", "results_dir", "record_path",
                            "work_dir", "fresh", "launcher", "fallback_overrides", "serves",
-                           "init_checkpoint", "torch_threads"})
+                           "init_checkpoint", "torch_threads", "checkpoints_dir"})
 
 
 @functools.lru_cache(maxsize=4096)
@@ -125,8 +125,12 @@ def fingerprint(parameters: dict[str, Any], *, repo_root: Path, data_source: str
             "data_source": data_source, "code": code_version(str(repo_root))}
 
 
-def stale_reasons(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    """What changed between a record's fingerprint and the current one, in words."""
+def stale_reasons(old: dict[str, Any] | None, new: dict[str, Any], *, code: bool = True
+                  ) -> list[str]:
+    """What changed between a record's fingerprint and the current one, in words.
+
+    ``code``: count a change of code version (profiles run over several sessions say no).
+    """
     if not old:
         return ["the record has no fingerprint (written by an older version)"]
     reasons = []
@@ -144,6 +148,6 @@ def stale_reasons(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
         reasons.append("initial checkpoint changed (its pre-training re-ran or the file differs)")
     if old.get("data_source") != new["data_source"]:
         reasons.append(f"data source {old.get('data_source')} -> {new['data_source']}")
-    if old.get("code") != new["code"]:
+    if code and old.get("code") != new["code"]:
         reasons.append(f"code changed: {old.get('code')} -> {new['code']}")
     return reasons

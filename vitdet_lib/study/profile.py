@@ -130,6 +130,12 @@ class StudyProfile:
         torch_threads: CPU threads of each run (0 = torch's default); 1 on a shared small
             CPU, where more threads than free cores make tiny models many times slower.
         pretrain_budget: the rule that sets each method's pre-training epochs.
+        ship_checkpoints: pre-training runs also write their encoder as a small fp16 file to
+            ``<results_dir>/checkpoints/<run>.pth``, and fine-tunes start from that file, so a
+            study shipped with its records can be continued without re-pre-training.
+        stale_on_code_change: a change of the code version makes a record stale. A study run
+            in stages over several sessions sets it false: each record still names the code
+            (and commit) it ran with, and the report lists them.
     """
 
     name: str = ""
@@ -141,6 +147,8 @@ class StudyProfile:
     torch_threads: int = 0
     data_fallback: list[str] = field(default_factory=list)
     pretrain_budget: PretrainBudget = field(default_factory=PretrainBudget)
+    ship_checkpoints: bool = False
+    stale_on_code_change: bool = True
     sizes: dict[str, list[str]] = field(default_factory=dict)
     inits: dict[str, InitSource] = field(default_factory=dict)
     runs: list[RunTemplate] = field(default_factory=list)
@@ -240,6 +248,11 @@ def _format(value: Any, values: dict[str, Any]) -> Any:
     return value
 
 
+def shipped_checkpoint(profile: StudyProfile, pretrain_run: str) -> Path:
+    """Where a ``ship_checkpoints`` profile keeps pre-training run ``pretrain_run``'s export."""
+    return Path(profile.results_dir) / "checkpoints" / f"{pretrain_run}.pth"
+
+
 def init_parameters(profile: StudyProfile, init: str, size: str | None
                     ) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Notebook parameters and dependencies of initialisation ``init`` at model ``size``."""
@@ -251,7 +264,9 @@ def init_parameters(profile: StudyProfile, init: str, size: str | None
     if src.checkpoint:
         checkpoint = src.checkpoint.format(size=size or "")
         if src.pretrain_run:
-            checkpoint = str(Path(profile.work_dir) / src.pretrain_run / checkpoint)
+            checkpoint = (str(shipped_checkpoint(profile, src.pretrain_run))
+                          if profile.ship_checkpoints
+                          else str(Path(profile.work_dir) / src.pretrain_run / checkpoint))
             needs = (src.pretrain_run,)
     params = {"init": init, "init_kind": src.kind, "init_checkpoint": checkpoint,
               "init_overrides": list(src.overrides), "pretrain_epochs": src.pretrain_epochs,

@@ -151,6 +151,8 @@ class StudyRunner:
                       launcher=to_dict(self.profile.launcher),
                       fallback_overrides=list(self.profile.data_fallback) if self.use_fallback
                       else [])
+        if self.profile.ship_checkpoints and run.notebook == "pretrain":
+            params["checkpoints_dir"] = str(self.results_dir / "checkpoints")
         return params
 
     def _fingerprint(self, run: Run, params: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +186,8 @@ class StudyRunner:
         if old.get("status") != rec.SUCCESS:
             return old.get("status", rec.FAILED), old.get("reason") or _last_line(
                 old.get("error", ""))
-        reasons = stale_reasons(old.get("fingerprint"), fp)
+        reasons = stale_reasons(old.get("fingerprint"), fp,
+                                code=self.profile.stale_on_code_change)
         return (STALE, "; ".join(reasons)) if reasons else (rec.SUCCESS, "")
 
     def execute(self, run: Run) -> Outcome:

@@ -113,7 +113,12 @@ def walk_sweep(profile: StudyProfile, sweep: SweepConfig, init: str,
     lr, wd = best
     if not sweep.drop_path:
         return lr, wd, 0.0
-    dp_ap = {(dp,): execute(sweep_dp_run(profile, sweep, init, lr, wd, dp))
+    # the grid ran at drop path 0: when the drop-path stage would repeat that run exactly
+    # (same schedule, no extra overrides), its result is reused instead of trained again
+    same_run = sweep.drop_path_epochs in (None, sweep.parameters.get("epochs")) \
+        and not sweep.drop_path_overrides
+    dp_ap = {(dp,): ap[best] if dp == 0 and same_run
+             else execute(sweep_dp_run(profile, sweep, init, lr, wd, dp))
              for dp in sweep.drop_path}
     dp_best = best_point(dp_ap)
     return None if dp_best is None else (lr, wd, dp_best[0])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from vitdet_lib.data.pretrain_shapes import shape_pretrain_images
@@ -15,9 +16,14 @@ from .launch import finish, fresh_dir, run_command, torchrun_command, uses_torch
 def pretrain(*, run_name: str, record_path: str, work_dir: str, method: str,
              params: str | None = None, overrides: list[str] = (), evaluate: bool = True,
              fallback_overrides: list[str] = (), launcher: dict[str, Any] | None = None,
-             fresh: bool = False, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+             fresh: bool = False, checkpoints_dir: str | None = None,
+             parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pre-train one method (official checkpoint layout in ``work_dir``) and score its frozen
-    encoder (k-NN, linear probe) against a random-init one."""
+    encoder (k-NN, linear probe) against a random-init one.
+
+    ``checkpoints_dir``: also write ``<checkpoints_dir>/<run_name>.pth``, the encoder weights as
+    fp16 (``checkpoint.export``): what the profile's fine-tunes start from and what it ships.
+    """
     from vitdet_lib.pretrain.commands import default_params, run_eval
     from vitdet_lib.pretrain.config import load_pretrain_config
     from vitdet_lib.pretrain.engine import Pretrainer
@@ -56,9 +62,16 @@ def pretrain(*, run_name: str, record_path: str, work_dir: str, method: str,
     # the checkpoints' sha256: fine-tunes record the one they started from, so a re-run of
     # this pre-training makes them stale (study/fingerprint.py)
     shas = {p.name: file_sha256(p) for p in sorted(work.glob("*.pth"))}
+    artifacts: dict[str, Any] = {}
+    if checkpoints_dir:
+        from vitdet_lib.checkpoint.export import export_backbone
+
+        out = Path(checkpoints_dir) / f"{run_name}.pth"
+        artifacts["export"] = export_backbone(work / "last.pth", out)
+        shas[out.name] = file_sha256(out)
     record = rec.make_record(run_name, rec.SUCCESS, parameters=parameters, metrics=metrics,
                              timings={"wall_s": wall}, loss_curve=[
                                  {"epoch": r["epoch"], "loss": r["loss"]} for r in epochs],
                              artifacts={"work_dir": str(work), "checkpoints": sorted(shas),
-                                        "checkpoint_sha256": shas})
+                                        "checkpoint_sha256": shas, **artifacts})
     return finish(record_path, record)
