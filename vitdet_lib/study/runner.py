@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vitdet_lib.config import ConfigError, to_dict
+from vitdet_lib.errors import CheckpointError
 
 from . import records as rec
 from .fingerprint import fingerprint, stale_reasons
@@ -32,9 +33,11 @@ from .profile import (
     REPO_ROOT,
     Run,
     StudyProfile,
+    expand_runs,
     find_sweep,
     sweep_node,
 )
+from .readme_sync import update_readme
 from .sweep import SELECTION_METRIC, walk_sweep
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -312,9 +315,22 @@ class StudyRunner:
                 self.execute(node)
         self.summary.wall_s = time.perf_counter() - start
         if not self.dry_run:
+            if self.profile.ship_checkpoints:
+                self._ship_detector()
             self._write_summary()
             self.echo(self.summary.text())
         return self.summary
+
+    def _ship_detector(self) -> None:
+        """Keep ``checkpoints/detector.pth`` the best Table 1 run's (``ship.py``); a failure
+        here is reported, never fatal to the runs already done."""
+        from .ship import ship_best_detector
+
+        try:
+            ship_best_detector(self.results_dir, {r.name for r in expand_runs(self.profile)},
+                               self.echo)
+        except (OSError, CheckpointError) as err:
+            self.echo(f"ship: the best detector was not exported: {err}")
 
     def _write_summary(self) -> None:
         """Merge this invocation's outcomes into ``summary.json`` (a partial run, e.g.
@@ -370,4 +386,9 @@ def run_report(profile: StudyProfile, *, executor: Executor | None = None,
               "note": profile.note, "add_inits": list(add_inits), "add_init_all": add_init_all},
              cwd)
     echo(f"report of {profile.name} rendered into {out} ({time.perf_counter() - start:.1f} s)")
+    # only the profile's own results (not a scratch --results-dir) may speak for the README
+    own = (cwd / profile.results_dir).resolve() == results
+    if own and not add_inits and update_readme(REPO_ROOT / "README.md", profile.name, out,
+                                               REPO_ROOT):
+        echo(f"README.md: the {profile.name} study's findings and stage times updated")
     return out

@@ -1,0 +1,105 @@
+"""The findings: each claim's comparison, spread and verdict, on synthetic records."""
+import pytest
+
+from vitdet_lib.study.findings import (
+    CONTRADICTED,
+    HOLDS,
+    INCONCLUSIVE,
+    NO_RESULT,
+    compare,
+    findings_markdown,
+    findings_table,
+    images_to_match,
+    pooled_sd,
+)
+
+
+def rec(run, init, ap, *, serves=("T1", "F2", "T2", "T3", "T4", "F3"), schedule=3.0, epochs=None,
+        overrides=(), kind=None, pretrain_epochs=None, metrics=None):
+    return {"run": run, "state": "success", "serves": list(serves),
+            "parameters": {"init": init, "init_kind": kind or init, "schedule_epochs": schedule,
+                           "epochs": epochs or schedule, "overrides": list(overrides),
+                           "pretrain_epochs": pretrain_epochs},
+            "metrics": {"bbox/AP": ap, "test/bbox/AP": ap, **(metrics or {})}}
+
+
+def test_compare_verdicts():
+    assert compare([10, 11, 12], [5, 6, 7], None)[2] == HOLDS
+    assert compare([5, 6, 7], [10, 11, 12], None)[2] == CONTRADICTED
+    assert compare([5, 7, 9], [6, 7, 8], None)[2] == INCONCLUSIVE
+    assert compare([6, 7, 8], [6.5], 1.0, "~")[2] == HOLDS
+    assert compare([6, 7, 8], [20], 1.0, "~")[2] == CONTRADICTED
+    assert compare([], [1.0], 1.0)[2] == NO_RESULT
+    diff, spread, _ = compare([2.0, 4.0], [1.0], 2.0)  # n=1 borrows the noise sd
+    assert diff == pytest.approx(2.0) and spread == pytest.approx((2 / 2 + 4 / 1) ** 0.5)
+
+
+def test_pooled_sd_weights_by_degrees_of_freedom():
+    assert pooled_sd([[1.0, 3.0], [5.0], [2.0, 2.0, 2.0]]) == pytest.approx((2 / 3) ** 0.5)
+    assert pooled_sd([[1.0]]) is None
+
+
+def test_images_to_match_interpolates_random_curve():
+    curve = {3.0: 2.0, 6.0: 4.0, 12.0: 8.0}
+    assert images_to_match(6.0, curve) == "9 ep"
+    assert images_to_match(9.0, curve) == "> 12 ep"
+    assert images_to_match(1.0, curve) == "<= 3 ep"
+
+
+def _study(mae_shift=10.0):
+    R = []
+    for s in range(3):
+        jitter = 0.1 * s
+        R += [rec(f"ft-random-s{s}", "random", 5 + jitter, epochs=12),
+              rec(f"ft-supervised-s{s}", "supervised", 6 + jitter),
+              rec(f"ft-mocov3-s{s}", "mocov3", 6 + jitter),
+              rec(f"ft-beit-s{s}", "beit", 5 + mae_shift + jitter),
+              rec(f"ft-mae-s{s}", "mae", 5 + mae_shift + jitter, pretrain_epochs=6.0)]
+    R += [rec("f2-random-short", "random", 1.0, serves=["F2"], schedule=0.75, epochs=3),
+          rec("f2-random-mid", "random", 3.0, serves=["F2"], schedule=1.5, epochs=6),
+          rec("f2-mae-short", "mae", 9.0, serves=["F2"], schedule=0.75),
+          rec("t3-window", "mae", 8.0, serves=["T3"],
+              overrides=["model.backbone.attention=window"]),
+          rec("t3-global", "mae", 15.1, serves=["T3"],
+              overrides=["model.backbone.attention=global"]),
+          rec("t2-single", "mae", 12.0, serves=["T2"],
+              overrides=["model.detector.multi_scale=false"]),
+          rec("f3-mae-short", "mae_ep1", 7.0, serves=["F3"], kind="mae", pretrain_epochs=1.0)]
+    return R
+
+
+def test_findings_on_a_study_where_mae_wins():
+    df = findings_table(_study())
+    by = {(r["claim"], r["statement"][:20]): r for _, r in df.iterrows()}
+    a_mae = next(r for k, r in by.items() if k[0] == "a" and "MAE" in k[1])
+    assert a_mae["verdict"] == HOLDS and float(a_mae["difference"]) == pytest.approx(10.0)
+    b = [r for k, r in by.items() if k[0] == "b"]
+    assert all(r["verdict"] == CONTRADICTED for r in b)  # here supervised beats random
+    d_mae = df[(df.claim == "d") & df.statement.str.startswith("MAE")].iloc[0]
+    assert d_mae["verdict"] == HOLDS  # 9.0 at 0.75 ep against random's 1.0 at 3 ep
+    assert "random init needs > 12 ep" in d_mae["note"]
+    d_sup = df[(df.claim == "d") & df.statement.str.startswith("supervised")].iloc[0]
+    assert d_sup["verdict"] == f"{NO_RESULT} (no such runs in this profile)"
+    e = df[df.claim == "e"]
+    assert list(e["verdict"]) == [HOLDS, HOLDS]  # global ~ hybrid; hybrid >> window
+    assert df[df.claim == "f"].iloc[0]["verdict"] == HOLDS
+    assert df[df.claim == "g"].iloc[0]["verdict"] == HOLDS
+    assert all(v.startswith(NO_RESULT) for v in df[df.claim == "h"]["verdict"])
+    md = findings_markdown(df, "toy")
+    assert "| claim |" in md and "holds" in md
+
+
+def test_findings_contradict_when_random_wins():
+    df = findings_table(_study(mae_shift=-3.0))
+    a = df[df.claim == "a"]
+    assert set(a["verdict"]) == {CONTRADICTED}
+
+
+def test_a_claim_waiting_for_runs_names_their_stage():
+    R = _study()
+    R.append({**rec("t4-row5", "mae", None, serves=["T4"],
+                    overrides=["model.backbone.rel_pos=none"]), "state": "no run", "metrics": {}})
+    R[-1]["parameters"]["pretrained_pos"] = "abs"
+    df = findings_table(R, stage_of=lambda name: "t4" if name.startswith("t4") else "t1")
+    h = df[df.claim == "h"]
+    assert h.iloc[0]["verdict"] == f"{NO_RESULT} (stage t4)"
