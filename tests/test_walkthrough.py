@@ -104,3 +104,38 @@ def test_notebook_runs_headless_with_short_run(tmp_path):
                     "work_dir": str(tmp_path / "run"), "save_figures_to": str(figures)},
     )
     assert {p.stem for p in figures.glob("*.png")} == FIGURES
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="Fashion-MNIST not installed (the walkthrough shows real samples)")
+def test_notebook_dissects_an_exported_detector_without_training(tmp_path):
+    """The shipped-detector path: an fp16 export (as the cpu study ships it) is loaded,
+    evaluated on its own validation scenes, and shown; nothing is trained."""
+    papermill = pytest.importorskip("papermill")
+    from vitdet_lib.checkpoint.export import export_detector
+    from vitdet_lib.engine import train
+    from vitdet_lib.experiment import load_experiment
+
+    cfg = load_experiment({
+        "model": {"backbone": {"patch_size": 8, "embed_dim": 32, "depth": 8, "num_heads": 2,
+                               "pretrain_img_size": 64},
+                  "detector": {"num_classes": 10, "image_size": 96, "fpn_channels": 16,
+                               "detections_per_img": 10}},
+        "data": {"generated": {"kind": "fashion", "num_train": 8, "num_val": 4, "image_size": 96},
+                 "cache_dir": str(tmp_path / "data")},
+        "train": {"max_iters": 2, "batch_size": 2, "batch_per_device": 2, "eval_at": [],
+                  "num_workers": 0, "device": "cpu"},
+        "output_dir": str(tmp_path / "trained")})
+    train(cfg)
+    export_detector(tmp_path / "trained" / "last.pth", tmp_path / "detector.pth")
+    out = tmp_path / "walkthrough_out.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(out), kernel_name="python3", cwd=str(tmp_path), progress_bar=False,
+        parameters={"short_run": True, "interactive": False, "data_dir": str(tmp_path / "data"),
+                    "work_dir": str(tmp_path / "run"), "checkpoint": str(tmp_path / "detector.pth"),
+                    "save_figures_to": str(tmp_path / "figures")})
+    text = out.read_text()
+    assert "validation scenes (4): APbox" in text
+    assert not (tmp_path / "run" / "last.pth").exists()  # nothing was trained
+    assert {p.stem for p in (tmp_path / "figures").glob("*.png")} == FIGURES
