@@ -6,7 +6,7 @@ from vitdet_lib.config import ConfigError
 from vitdet_lib.study.profile import expand_runs, load_profile, profile_from_dict
 
 
-@pytest.mark.parametrize("name", ["smoke", "mini", "paper"])
+@pytest.mark.parametrize("name", ["smoke", "cpu", "mini", "paper"])
 def test_shipped_profiles_load(name):
     profile = load_profile(name)
     runs = expand_runs(profile)
@@ -24,6 +24,30 @@ def test_paper_profile_uses_torchrun_and_official_checkpoints():
     assert mae_l.parameters["tuned_keys"] == ["lr", "weight_decay"]  # dp 0.3 stays for ViT-L
     assert runs["ft-B-random-ep100-s0"].parameters["epochs"] == 400.0  # random x4
     assert {r.stage for r in runs.values()} == {"final", "ablations"}
+
+
+def test_cpu_profile_stages_seeds_and_shipped_checkpoints():
+    """The cpu study: Table 1 split one seed per stage, every fine-tune starting from the
+    shipped fp16 encoder of its pre-training run, and the budget's epochs as documented."""
+    from vitdet_lib.study.budget import budget_epochs
+
+    profile = load_profile("cpu")
+    runs = expand_runs(profile)
+    t1 = [r for r in runs if "T1" in r.serves]
+    for seed in range(3):
+        stage = [r for r in t1 if r.stage == f"t1-s{seed}"]
+        assert sorted(r.parameters["init"] for r in stage) == sorted(
+            ["random", "supervised", "mocov3", "beit", "mae"])
+        assert all(r.name.endswith(f"-s{seed}") for r in stage)
+    mae = next(r for r in t1 if r.parameters["init"] == "mae")
+    assert mae.parameters["init_checkpoint"] == "results/study/cpu/checkpoints/pretrain-mae.pth"
+    assert next(r for r in t1 if r.parameters["init"] == "random").parameters["epochs"] == 12.0
+    assert profile.ship_checkpoints and not profile.stale_on_code_change
+    assert {m: budget_epochs(profile, m) for m in ("supervised", "mocov3", "beit", "mae")} == {
+        "supervised": 4.511, "mocov3": 1.932, "beit": 6.082, "mae": 6.226}
+    for init in ("supervised", "mocov3", "beit", "mae"):  # Figure 3 / the report's epochs
+        assert profile.inits[init].pretrain_epochs == budget_epochs(profile, init)
+    assert {s.stage for s in profile.sweeps} == {"tune", "tune-random"}
 
 
 def test_seeds_schedules_and_tuned_by_expand_and_are_checked():

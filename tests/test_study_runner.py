@@ -113,7 +113,7 @@ def test_sweep_widens_then_tunes_drop_path(tmp_path, peak, widened, best_lr):
     grid = [c for c in ex.calls if "-lr" in c]
     assert len(grid) == 9 + 3 * widened
     dp_runs = [c for c in ex.calls if "-dp" in c]
-    assert dp_runs == ["hp-random-dp0", "hp-random-dp0.1"]
+    assert dp_runs == ["hp-random-dp0.1"]  # dp 0 at the same schedule is the grid run
     dp_record = rec.read_record(rec.record_path(tmp_path / "results", "hp-random-dp0.1"))
     assert (dp_record["parameters"]["lr"] == best_lr
             and dp_record["parameters"]["stage"] == "drop_path")
@@ -146,3 +146,18 @@ def test_only_a_sweep_brings_its_pretraining(tmp_path):
     ex = FakeExecutor()
     run_study(_profile(tmp_path, sweeps=[sweep]), executor=ex, only="hp-*", echo=lambda s: None)
     assert ex.calls == ["pt-mae", "hp-mae-lr1-wd0.1", "hp-mae-dp0.1"]
+
+
+@pytest.mark.parametrize("strict, reruns", [(True, ["other"]), (False, [])])
+def test_code_change_reruns_only_where_the_profile_says_so(tmp_path, monkeypatch, strict, reruns):
+    """A study run in stages over several sessions (stale_on_code_change: false) keeps its
+    finished runs when the code changes; parameters still count (previous test)."""
+    from vitdet_lib.study import fingerprint as fpmod
+
+    profile = _profile(tmp_path, stale_on_code_change=strict)
+    ex = FakeExecutor()
+    run_study(profile, executor=ex, only="other", echo=lambda s: None)
+    monkeypatch.setattr(fpmod, "code_version", lambda root: "another-version")
+    ex.calls.clear()
+    run_study(profile, executor=ex, only="other", echo=lambda s: None)
+    assert ex.calls == reruns
