@@ -143,3 +143,19 @@ def test_tide_reads_our_gt_from_path_and_torchrun_command(tmp_path):
     assert "--nproc_per_node=8" in cmd and "--rdzv_endpoint=host:29500" in cmd
     assert cmd[-4:] == ["-m", "vitdet_lib.cli", "train", "x.yaml"] or cmd[-3:] == [
         "vitdet_lib.cli", "train", "x.yaml"]
+
+
+def test_tuning_shows_the_reused_grid_run_as_drop_path_zero():
+    from vitdet_lib.study.aggregate import tuning
+
+    def r(stage, lr, dp, ap):
+        return {"run": f"hp-mae-{stage}-{lr}-{dp}", "state": "success", "serves": ["HP"],
+                "parameters": {"sweep": "hp", "init": "mae", "lr": lr, "weight_decay": 0.1,
+                               "drop_path": dp, "epochs": 1, "stage": stage},
+                "metrics": {"bbox/AP": ap}}
+
+    grid, dp = tuning([r("grid", 1e-4, 0.0, 3.0), r("grid", 2e-4, 0.0, 5.0),
+                       r("drop_path", 2e-4, 0.1, 4.0)])
+    assert len(grid) == 2
+    assert sorted(zip(dp["drop_path"], dp["val APbox"], dp["state"])) == [
+        (0.0, 5.0, "grid run (reused)"), (0.1, 4.0, "success")]

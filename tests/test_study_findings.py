@@ -27,7 +27,11 @@ def test_compare_verdicts():
     assert compare([10, 11, 12], [5, 6, 7], None)[2] == HOLDS
     assert compare([5, 6, 7], [10, 11, 12], None)[2] == CONTRADICTED
     assert compare([5, 7, 9], [6, 7, 8], None)[2] == INCONCLUSIVE
-    assert compare([6, 7, 8], [6.5], 1.0, "~")[2] == HOLDS
+    assert compare([6, 7, 8], [6.5], 1.0, "~")[2] == HOLDS + " (low power: a single-seed side)"
+    assert compare([6, 7, 8], [6.5, 7.5, 7], None, "~")[2] == HOLDS
+    assert compare([5, 6, 7], [10, 11, 12], None, "!>")[2] == HOLDS  # clearly not better
+    assert compare([5, 7, 9], [6, 7, 8], None, "!>")[2] == HOLDS + " (tie within spread)"
+    assert compare([10, 11, 12], [5, 6, 7], None, "!>")[2] == CONTRADICTED
     assert compare([6, 7, 8], [20], 1.0, "~")[2] == CONTRADICTED
     assert compare([], [1.0], 1.0)[2] == NO_RESULT
     diff, spread, _ = compare([2.0, 4.0], [1.0], 2.0)  # n=1 borrows the noise sd
@@ -81,7 +85,9 @@ def test_findings_on_a_study_where_mae_wins():
     d_sup = df[(df.claim == "d") & df.statement.str.startswith("supervised")].iloc[0]
     assert d_sup["verdict"] == f"{NO_RESULT} (no such runs in this profile)"
     e = df[df.claim == "e"]
-    assert list(e["verdict"]) == [HOLDS, HOLDS]  # global ~ hybrid; hybrid >> window
+    # global ~ hybrid (global has one seed: low power); hybrid >> window
+    assert list(e["verdict"]) == [HOLDS + " (low power: a single-seed side)", HOLDS]
+    assert set(df["split"]) == {"test"}
     assert df[df.claim == "f"].iloc[0]["verdict"] == HOLDS
     assert df[df.claim == "g"].iloc[0]["verdict"] == HOLDS
     assert all(v.startswith(NO_RESULT) for v in df[df.claim == "h"]["verdict"])
@@ -103,3 +109,12 @@ def test_a_claim_waiting_for_runs_names_their_stage():
     df = findings_table(R, stage_of=lambda name: "t4" if name.startswith("t4") else "t1")
     h = df[df.claim == "h"]
     assert h.iloc[0]["verdict"] == f"{NO_RESULT} (stage t4)"
+
+
+def test_a_profile_without_a_test_split_is_judged_on_validation():
+    R = _study()
+    for r in R:
+        r["metrics"].pop("test/bbox/AP")
+    df = findings_table(R)
+    assert set(df["split"]) == {"val"}
+    assert df[df.claim == "a"].iloc[0]["verdict"] == HOLDS

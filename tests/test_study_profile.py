@@ -131,3 +131,14 @@ def test_pretrain_budget_sets_the_epochs_of_the_runs_that_ask_for_it():
     p.runs[0].parameters = {"method": "beit", "budget": True}
     with pytest.raises(ConfigError, match="no 'beit'"):
         expand_runs(p)
+
+
+def test_shipped_checkpoints_refuse_another_checkpoint_name(tmp_path):
+    from vitdet_lib.study.profile import PROFILES_DIR
+
+    data = yaml.safe_load((PROFILES_DIR / "cpu.yaml").read_text())
+    data["inits"]["mae"]["checkpoint"] = "checkpoint-2.pth"
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="ship_checkpoints exports each pre-training's last.pth"):
+        load_profile(path)

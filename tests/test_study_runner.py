@@ -161,3 +161,27 @@ def test_code_change_reruns_only_where_the_profile_says_so(tmp_path, monkeypatch
     ex.calls.clear()
     run_study(profile, executor=ex, only="other", echo=lambda s: None)
     assert ex.calls == reruns
+
+
+def test_a_shipping_profile_exports_its_best_current_table1_run(tmp_path):
+    """ship_checkpoints: after a run the best current Table 1 run's detector is exported
+    (here the fake runs left no checkpoint, which the runner reports and survives)."""
+    import torch
+
+    class WithCheckpoint(FakeExecutor):
+        def __call__(self, notebook, output, params, cwd):
+            super().__call__(notebook, output, params, cwd)
+            work = tmp_path / "w" / params["run_name"]
+            work.mkdir(parents=True)
+            torch.save({"model": {"w": torch.ones(1)}}, work / "last.pth")
+            r = rec.read_record(params["record_path"])
+            r["artifacts"] = {"work_dir": str(work)}
+            rec.write_json_atomic(params["record_path"], r)
+
+    profile = _profile(tmp_path, ship_checkpoints=True)
+    said = []
+    ap = {"ft-S-random": 2.0, "ft-S-mae": 3.0}
+    run_study(profile, executor=WithCheckpoint(ap=lambda p: ap.get(p["run_name"], 1.0)),
+              echo=said.append)
+    assert any("ship: ft-S-mae (val APbox 3.00) written to" in s for s in said)
+    assert (tmp_path / "results" / "checkpoints" / "detector.pth").is_file()

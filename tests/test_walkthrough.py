@@ -100,8 +100,10 @@ def test_notebook_runs_headless_with_short_run(tmp_path):
     papermill.execute_notebook(
         str(NOTEBOOK), str(tmp_path / "walkthrough_out.ipynb"), kernel_name="python3",
         cwd=str(tmp_path), progress_bar=False,
+        # checkpoint None: the in-place training path, whether or not a detector is shipped
         parameters={"short_run": True, "interactive": False, "data_dir": str(tmp_path / "data"),
-                    "work_dir": str(tmp_path / "run"), "save_figures_to": str(figures)},
+                    "work_dir": str(tmp_path / "run"), "save_figures_to": str(figures),
+                    "checkpoint": None},
     )
     assert {p.stem for p in figures.glob("*.png")} == FIGURES
 
@@ -136,6 +138,6 @@ def test_notebook_dissects_an_exported_detector_without_training(tmp_path):
                     "work_dir": str(tmp_path / "run"), "checkpoint": str(tmp_path / "detector.pth"),
                     "save_figures_to": str(tmp_path / "figures")})
     text = out.read_text()
-    assert "validation scenes (4): APbox" in text
+    assert "validation scenes (4 images): APbox" in text
     assert not (tmp_path / "run" / "last.pth").exists()  # nothing was trained
     assert {p.stem for p in (tmp_path / "figures").glob("*.png")} == FIGURES

@@ -158,9 +158,11 @@ class TrainLoop:
                 for hook in self.hooks:
                     hook.after_train()
             finally:
-                for hook in self.hooks:
-                    hook.close()
-                self.close()
+                try:
+                    for hook in self.hooks:
+                        hook.close()
+                finally:
+                    self.close()
         return "finished"
 
     def _agreed_signal(self, signals: StopSignals) -> str | None:

@@ -132,7 +132,11 @@ class _MicroBatches:
         """Shut the loader's workers down now. A schedule that ends mid-epoch leaves them
         waiting for work; with their stop signals blocked, multiprocessing's exit handler
         (terminate, then join) would wait on them forever."""
-        self._it = None  # the iterator's finaliser sends each worker its stop message
+        it, self._it = self._it, None
+        # explicitly, not through the iterator's finaliser: a traceback may still hold it
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def _detector_forward(model: nn.Module, batch: Batch

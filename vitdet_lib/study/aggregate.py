@@ -346,5 +346,12 @@ def tuning(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
                "epochs": param(r, "epochs"), "val APbox": None if ap is None else round(ap, 3),
                "state": state_of(r)}
         (grid if param(r, "stage") == "grid" else dp).append(row)
+    # a drop-path stage at the grid's schedule reuses the grid's run at its (lr, wd) as dp 0
+    for first in [next(d for d in dp if (d["sweep"], d["init"]) == k)
+                  for k in dict.fromkeys((d["sweep"], d["init"]) for d in dp)]:
+        same = lambda g, f=first: all(g[k] == f[k] for k in
+                                      ("sweep", "init", "lr", "weight_decay", "epochs"))
+        if not any(same(d) and d["drop_path"] == 0 for d in dp):
+            dp.extend({**g, "state": "grid run (reused)"} for g in grid if same(g))
     cols = ["sweep", "init", "lr", "weight_decay", "drop_path", "epochs", "val APbox", "state"]
     return pd.DataFrame(grid, columns=cols), pd.DataFrame(dp, columns=cols)

@@ -9,10 +9,16 @@ The spread is the standard error of that difference, ``sqrt(sd_A^2 / n_A + sd_B^
 with each group's seed sd; a group of one run (an ablation trained with one seed) borrows the
 pooled seed sd of the study's Table 1 cells. Verdicts, with ``margin = 2 x spread``:
 
-- ``A > B`` claims: ``holds`` when difference > margin, ``contradicted`` when difference <
-  -margin, else ``inconclusive`` (the difference is within the seed spread);
-- ``A ~ B`` claims: ``holds`` when |difference| <= margin, else ``contradicted``;
+- ``A > B`` ("A beats B"): ``holds`` when difference > margin, ``contradicted`` when
+  difference < -margin, else ``inconclusive`` (the difference is within the seed spread);
+- ``A !> B`` ("A does not beat B"): ``contradicted`` when difference > margin, ``holds`` when
+  difference < -margin, else ``holds (tie within spread)``;
+- ``A ~ B`` ("about equal"): ``holds`` when |difference| <= margin, else ``contradicted``;
+- a tie or ``~`` verdict resting on a single-seed side says ``low power``;
 - ``no result`` when a group has no current run yet (the stage that makes it is named).
+
+Profiles without a test split (``mini``, ``paper``) are judged on the validation split, and
+the table's ``split`` column says so.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import pandas as pd
 
 from .aggregate import best_schedule
 from .cells import (
+    SELECT,
     TEST,
     fmt,
     fmt_epochs,
@@ -56,9 +63,8 @@ class Group:
     label: str
     runs: Records
 
-    @property
-    def values(self) -> list[float]:
-        return values_of(self.runs, METRIC)
+    def values(self, metric: str = METRIC) -> list[float]:
+        return values_of(self.runs, metric)
 
 
 @dataclass
@@ -68,7 +74,7 @@ class Claim:
     paper: str  # the paper's evidence, quoted as numbers with their source
     a: Group
     b: Group
-    kind: str = ">"  # ">" (A beats B) or "~" (A about equal to B)
+    kind: str = ">"  # ">" (A beats B), "!>" (A does not beat B) or "~" (about equal)
     needs: str = ""  # the stage that makes the missing runs
     extra: str = ""  # a descriptive number beside the verdict (e.g. a convergence ratio)
 
@@ -98,8 +104,13 @@ def compare(a: list[float], b: list[float], noise_sd: float | None, kind: str = 
         return diff, None, INCONCLUSIVE  # no estimate of the seed noise at all
     spread = math.sqrt(sd_a ** 2 / len(a) + sd_b ** 2 / len(b))
     margin = 2 * spread
+    weak = " (low power: a single-seed side)" if min(len(a), len(b)) < 2 else ""
     if kind == "~":
-        return diff, spread, HOLDS if abs(diff) <= margin else CONTRADICTED
+        return diff, spread, HOLDS + weak if abs(diff) <= margin else CONTRADICTED
+    if kind == "!>":
+        if diff > margin:
+            return diff, spread, CONTRADICTED
+        return diff, spread, HOLDS if diff < -margin else f"{HOLDS} (tie within spread){weak}"
     return diff, spread, HOLDS if diff > margin else (
         CONTRADICTED if diff < -margin else INCONCLUSIVE)
 
@@ -187,7 +198,7 @@ def claims(records: Records) -> list[Claim]:
     for init in OTHERS:
         out.append(Claim("b", f"{NAMES[init]} does not beat a fully trained random init (T1)",
                          "ViT-B APbox: random 48.9, supervised 47.9, MoCo v3 about as "
-                         "supervised", cell["random"], cell[init], needs="t1-s*"))
+                         "supervised", cell[init], cell["random"], kind="!>", needs="t1-s*"))
     for masked in MASKED:
         for other in OTHERS:
             out.append(Claim("c", f"{NAMES[masked]} beats {NAMES[other]} (T1)",
@@ -284,11 +295,13 @@ def findings_table(records: Records, stage_of: Callable[[str], str] | None = Non
     ``stage_of``: run name -> stage, to say which stages a claim without a result waits for.
     """
     found = claims(records)
-    t1_groups = [values_of(table1_runs(records, init)[1], METRIC) for init in NAMES]
+    # the test split where the profile has one; else validation (the split column says so)
+    metric = METRIC if any(values_of(c.a.runs + c.b.runs, METRIC) for c in found) else SELECT
+    t1_groups = [values_of(table1_runs(records, init)[1], metric) for init in NAMES]
     noise = pooled_sd(t1_groups)
     rows = []
     for c in found:
-        a, b = c.a.values, c.b.values
+        a, b = c.a.values(metric), c.b.values(metric)
         diff, spread, verdict = compare(a, b, noise, c.kind)
         if verdict == NO_RESULT:
             waiting = [r["run"] for r in c.a.runs + c.b.runs if not is_current(r)]
@@ -303,7 +316,7 @@ def findings_table(records: Records, stage_of: Callable[[str], str] | None = Non
             "A": f"{c.a.label}: {_summary(a)}", "B": f"{c.b.label}: {_summary(b)}",
             "difference": fmt(diff, 2) if diff is not None else "-",
             "± spread": fmt(spread, 2) if spread is not None else "-",
-            "verdict": verdict,
+            "verdict": verdict, "split": "test" if metric == METRIC else "val",
             "note": c.extra,
             "runs": ", ".join(r["run"] for r in c.a.runs + c.b.runs if "run" in r)})
     df = pd.DataFrame(rows)
@@ -319,13 +332,16 @@ def findings_markdown(df: pd.DataFrame, profile: str, note: str = "") -> str:
     if note:
         lines += [f"> {note}", ""]
     lines += [
-        "Test-split APbox (held-out scenes) of current runs; every selection made on the "
-        "validation scenes. `difference` = mean(A) - mean(B); `± spread` = the standard error "
+        "APbox of current runs on the held-out test scenes (`split` column; a profile without a "
+        "test split is judged on validation); every selection made on the validation scenes. "
+        "`difference` = mean(A) - mean(B); `± spread` = the standard error "
         "of that difference from the seed sd of each side (a single-seed side borrows the "
         "pooled seed sd of the Table 1 cells"
         + (f", {noise:.2f} AP" if noise is not None else ", not measured yet") + "). "
-        "Verdict: A > B `holds` when the difference exceeds 2 x spread, `contradicted` when it "
-        "is below -2 x spread, else `inconclusive`; A ~ B `holds` within 2 x spread.",
+        "Verdict: A beats B `holds` when the difference exceeds 2 x spread, `contradicted` when "
+        "it is below -2 x spread, else `inconclusive`; A does not beat B is `contradicted` above "
+        "2 x spread, `holds` below -2 x spread and a `tie within spread` between; A ~ B `holds` "
+        "within 2 x spread. `low power`: one side is a single seed.",
         "",
         "Verdicts: " + (", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none"),
         "", to_markdown_table(df.drop(columns=["runs"])), "",

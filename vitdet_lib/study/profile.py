@@ -211,6 +211,13 @@ def load_profile(name_or_path: str | Path) -> StudyProfile:
     profile.name = profile.name or path.stem
     profile.results_dir = profile.results_dir or f"results/study/{profile.name}"
     profile.work_dir = profile.work_dir or f"work_dirs/study/{profile.name}"
+    if profile.ship_checkpoints:  # the export is always of the run's final checkpoint
+        other = {k: v.checkpoint for k, v in profile.inits.items()
+                 if v.pretrain_run and v.checkpoint not in (None, "last.pth")}
+        if other:
+            raise ConfigError(f"{path}: ship_checkpoints exports each pre-training's last.pth, "
+                              f"but inits {sorted(other)} ask for {sorted(set(other.values()))};"
+                              " use last.pth or turn ship_checkpoints off")
     expand_runs(profile)  # validates names and references
     return profile
 

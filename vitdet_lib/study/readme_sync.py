@@ -26,7 +26,8 @@ def readme_block(report_dir: Path) -> str:
     stages = report_dir / "stages.csv"
     if stages.is_file():
         parts += [("Stages as they ran (wall time on the machine that ran them, from the run "
-                   "records):"), "", to_markdown_table(pd.read_csv(stages).fillna("")), ""]
+                   "records):"), "",
+                  to_markdown_table(pd.read_csv(stages, dtype=str).fillna("")), ""]
     findings = report_dir / "findings.csv"
     if findings.is_file():
         df = pd.read_csv(findings, dtype=str).fillna("")
@@ -43,7 +44,7 @@ def update_readme(readme: Path, profile: str, report_dir: Path, repo_root: Path)
         return False
     text = readme.read_text()
     start, end = markers(profile)
-    if start not in text or end not in text:
+    if start not in text or end not in text.split(start, 1)[1]:
         return False
     try:
         shown = report_dir.relative_to(repo_root)

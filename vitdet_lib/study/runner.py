@@ -33,12 +33,11 @@ from .profile import (
     REPO_ROOT,
     Run,
     StudyProfile,
-    expand_runs,
     find_sweep,
     sweep_node,
 )
 from .readme_sync import update_readme
-from .sweep import SELECTION_METRIC, walk_sweep
+from .sweep import SELECTION_METRIC, dp_reuses_grid, walk_sweep
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 # (notebook, executed output, parameters, working directory); raises when the notebook fails
@@ -307,7 +306,8 @@ class StudyRunner:
             raise ConfigError(f"profile {self.profile.name} has no stage {stage!r} "
                               f"(stages: {stages})")
         self._expected = sum(len(n.sweep.lr) * len(n.sweep.weight_decay) + len(n.sweep.drop_path)
-                             if isinstance(n, SweepNode) else 1 for n in nodes)
+                             - dp_reuses_grid(n.sweep) if isinstance(n, SweepNode) else 1
+                             for n in nodes)
         for node in nodes:
             if isinstance(node, SweepNode):
                 self.run_sweep(node)
@@ -327,8 +327,10 @@ class StudyRunner:
         from .ship import ship_best_detector
 
         try:
-            ship_best_detector(self.results_dir, {r.name for r in expand_runs(self.profile)},
-                               self.echo)
+            # only current records: a stale one (its sweep or pre-training changed) never ships
+            states = study_state(self.profile, self.results_dir)
+            ship_best_detector(self.results_dir, {n for n, o in states.items()
+                                                  if o.status == rec.SUCCESS}, self.echo)
         except (OSError, CheckpointError) as err:
             self.echo(f"ship: the best detector was not exported: {err}")
 
@@ -387,7 +389,7 @@ def run_report(profile: StudyProfile, *, executor: Executor | None = None,
              cwd)
     echo(f"report of {profile.name} rendered into {out} ({time.perf_counter() - start:.1f} s)")
     # only the profile's own results (not a scratch --results-dir) may speak for the README
-    own = (cwd / profile.results_dir).resolve() == results
+    own = (REPO_ROOT / profile.results_dir).resolve() == results
     if own and not add_inits and update_readme(REPO_ROOT / "README.md", profile.name, out,
                                                REPO_ROOT):
         echo(f"README.md: the {profile.name} study's findings and stage times updated")

@@ -49,7 +49,7 @@ def stage_times(profile: StudyProfile, records: list[dict[str, Any]]) -> pd.Data
         prov = r.get("provenance") or {}
         if r.get("status") != "success" or wall is None or not prov.get("time"):
             continue
-        end = datetime.fromisoformat(prov["time"]).timestamp()
+        end = datetime.strptime(prov["time"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
         row = rows.setdefault(_stage(r["run"], stages), {
             "runs": 0, "run wall s": 0.0, "start": end - wall, "end": end, "commits": set()})
         row["runs"] += 1

@@ -79,6 +79,13 @@ def sweep_dp_run(profile: StudyProfile, sweep: SweepConfig, init: str, lr: float
                     size=sweep.size, serves=("HP",), stage=sweep.stage)
 
 
+def dp_reuses_grid(sweep: SweepConfig) -> bool:
+    """The grid ran at drop path 0: when the drop-path stage would repeat that run exactly
+    (same schedule, no extra overrides), its result is reused instead of trained again."""
+    return (0 in sweep.drop_path and not sweep.drop_path_overrides
+            and sweep.drop_path_epochs in (None, sweep.parameters.get("epochs")))
+
+
 def walk_sweep(profile: StudyProfile, sweep: SweepConfig, init: str,
                execute: Callable[[Run], float | None], echo: Callable[[str], None] = print
                ) -> tuple[float, float, float] | None:
@@ -113,10 +120,7 @@ def walk_sweep(profile: StudyProfile, sweep: SweepConfig, init: str,
     lr, wd = best
     if not sweep.drop_path:
         return lr, wd, 0.0
-    # the grid ran at drop path 0: when the drop-path stage would repeat that run exactly
-    # (same schedule, no extra overrides), its result is reused instead of trained again
-    same_run = sweep.drop_path_epochs in (None, sweep.parameters.get("epochs")) \
-        and not sweep.drop_path_overrides
+    same_run = dp_reuses_grid(sweep)
     dp_ap = {(dp,): ap[best] if dp == 0 and same_run
              else execute(sweep_dp_run(profile, sweep, init, lr, wd, dp))
              for dp in sweep.drop_path}
