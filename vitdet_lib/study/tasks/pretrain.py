@@ -56,8 +56,13 @@ def pretrain(*, run_name: str, record_path: str, work_dir: str, method: str,
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()
            if line.strip()] if (work / "log.jsonl").is_file() else []
     epochs = [r for r in log if r.get("type") == "epoch"]
+    timed = [(r["steps_timed"], r["images_per_s"]) for r in epochs
+             if r.get("steps_timed") and r.get("images_per_s")]
     metrics = {"final_loss": epochs[-1]["loss"] if epochs else None,
                "epochs": epochs[-1]["epoch"] if epochs else None,
+               # training throughput over the whole run (step-weighted over its epochs)
+               "images_per_s": sum(n * v for n, v in timed) / sum(n for n, _ in timed)
+               if timed else None,
                "frozen_eval": {k: v for k, v in result.items() if isinstance(v, dict)}}
     # the checkpoints' sha256: fine-tunes record the one they started from, so a re-run of
     # this pre-training makes them stale (study/fingerprint.py)
