@@ -46,6 +46,7 @@ from .cells import (
     serving,
     values_of,
 )
+from .render import to_markdown
 
 METRIC = TEST + "bbox/AP"
 HOLDS, CONTRADICTED, INCONCLUSIVE, NO_RESULT = "holds", "contradicted", "inconclusive", "no result"
@@ -345,14 +346,6 @@ def findings_markdown(df: pd.DataFrame, profile: str, note: str = "") -> str:
         "within 2 x spread. `low power`: one side is a single seed.",
         "",
         "Verdicts: " + (", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none"),
-        "", to_markdown_table(df.drop(columns=["runs"])), "",
+        "", to_markdown(df.drop(columns=["runs"])), "",
         "The runs behind each row are listed in `findings.csv`.", ""]
     return "\n".join(lines)
-
-
-def to_markdown_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        out.append("| " + " | ".join(str(row[c]).replace("|", "/") for c in cols) + " |")
-    return "\n".join(out)

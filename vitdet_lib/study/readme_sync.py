@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import write_text_atomic
-from .findings import to_markdown_table
+from .render import to_markdown
 
 README_COLUMNS = ["claim", "statement", "A", "B", "difference", "± spread", "verdict"]
 
@@ -27,14 +27,14 @@ def readme_block(report_dir: Path) -> str:
     if stages.is_file():
         parts += [("Stages as they ran (wall time on the machine that ran them, from the run "
                    "records):"), "",
-                  to_markdown_table(pd.read_csv(stages, dtype=str).fillna("")), ""]
+                  to_markdown(pd.read_csv(stages, dtype=str).fillna("")), ""]
     findings = report_dir / "findings.csv"
     if findings.is_file():
         df = pd.read_csv(findings, dtype=str).fillna("")
         parts += [(f"The paper's claims against our test-split APbox "
                    f"(rule and runs: [{report_dir.name}/findings.md]"
                    f"({report_dir.as_posix()}/findings.md)):"), "",
-                  to_markdown_table(df[[c for c in README_COLUMNS if c in df.columns]]), ""]
+                  to_markdown(df[[c for c in README_COLUMNS if c in df.columns]]), ""]
     return "\n".join(parts) or "No stage of this study has finished yet.\n"
 
 
