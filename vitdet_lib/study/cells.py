@@ -34,8 +34,15 @@ def param(r: dict[str, Any], key: str) -> Any:
     return (r.get("parameters") or {}).get(key)
 
 
+# overrides that change only what a run reports along the way, not what it trains: a Table 1
+# run that also evaluates at each quarter of its schedule is still its init's recipe
+REPORTING_ONLY = ("train.eval_at", "train.log_every", "train.checkpoint_every")
+
+
 def overrides_of(r: dict[str, Any]) -> list[str]:
-    return list(param(r, "overrides") or [])
+    """The run's overrides that change what it trains (the ablation it is)."""
+    return [o for o in param(r, "overrides") or []
+            if o.split("=", 1)[0].strip() not in REPORTING_ONLY]
 
 
 def is_sweep(r: dict[str, Any]) -> bool:
