@@ -118,3 +118,16 @@ def test_a_profile_without_a_test_split_is_judged_on_validation():
     df = findings_table(R)
     assert set(df["split"]) == {"val"}
     assert df[df.claim == "a"].iloc[0]["verdict"] == HOLDS
+
+
+def test_equal_images_rows_take_the_longest_schedule_both_inits_have():
+    R = _study() + [rec("f2-mae-long", "mae", 4.0, serves=["F2"], schedule=12.0)]
+    df = findings_table(R)
+    equal = df[(df.claim == "d") & df.statement.str.contains("equal fine-tuning images")]
+    mae = equal[equal.statement.str.startswith("MAE")].iloc[0]
+    # MAE's 12-epoch run (4.0, one seed) against random's 12 epochs (5.0-5.2, three seeds)
+    assert mae["A"].startswith("MAE (12 ep): 4.00") and mae["B"].startswith("random (12 ep)")
+    assert mae["verdict"].startswith(CONTRADICTED)
+    sup = equal[equal.statement.str.startswith("supervised")].iloc[0]
+    # supervised has no 12-epoch run: its Table 1 runs (3 ep) against random's 3 ep (1.0)
+    assert sup["A"].startswith("supervised (3 ep)") and sup["verdict"] == HOLDS

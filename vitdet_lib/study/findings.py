@@ -233,6 +233,24 @@ def claims(records: Records) -> list[Claim]:
                          Group(f"random ({fmt_epochs(param(rand[0], 'epochs')) if rand else '?'}"
                                " ep)", rand), needs="f2", extra=extra))
 
+    # (d) at equal fine-tuning images (the longest schedule both have): the paper's premise
+    # that pre-trained inits are ahead of random at any equal schedule until they saturate
+    by_epochs = group_by(f2, "init", "epochs")
+    random_eps = {float(k[1]) for k in by_epochs if k[0] == "random" and k[1] is not None}
+    for init in ("supervised", "mocov3", "beit", "mae"):
+        common = sorted(float(e) for (i, e) in by_epochs if i == init and e is not None
+                        and float(e) in random_eps)
+        ep = common[-1] if common else None
+        at = f"{fmt_epochs(ep)} ep" if ep is not None else "no schedule random also has"
+        mine = [r for (i, e), g in by_epochs.items() if i == init and e == ep for r in g]
+        rand = [r for (i, e), g in by_epochs.items() if i == "random" and e == ep for r in g]
+        out.append(Claim("d", f"{NAMES[init]} beats random init at equal fine-tuning images "
+                              "(F2)",
+                         "Figure 2: every pre-trained init converges ~4x faster, so at equal "
+                         "epochs it leads random init (ViT-B, ViT-L)",
+                         Group(f"{NAMES[init]} ({at})", mine), Group(f"random ({at})", rand),
+                         needs="f2-long"))
+
     # (e) T3, (f) T2: the MAE recipe runs at the ablations' schedule
     def mae_at(runs: Records) -> Group:
         s = schedule_of(runs[0]) if runs else t1["mae"][0]
