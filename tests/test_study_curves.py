@@ -1,4 +1,4 @@
-"""Learning curves of Table 1 runs, and runs that only report more staying their init's recipe."""
+"""Learning curves of Table 1 / Figure 2 runs; runs that only report more stay recipes."""
 import pytest
 
 from vitdet_lib.study import curves
@@ -40,12 +40,16 @@ def test_learning_curves_average_seeds_per_evaluation():
          rec("ft-random-s0", "random", [0.5, 1.0]),
          rec("ft-random-s1", "random", [9.0, 9.0], state="stale"),  # not current: left out
          rec("t3-mae-window", "mae", [7.0, 7.0], overrides=("model.backbone.attention=window",),
-             serves=("T3",))]
+             serves=("T3",)),
+         rec("f2-mae-short", "mae", [0.5], serves=("F2",)),  # one evaluation: no curve
+         rec("f2-mae-long", "mae", [1.0, 2.0, 3.0, 4.0], serves=("F2",))]
     lc = curves.learning_curves(R)
-    mae = lc[lc["init"] == "mae"].reset_index()
+    mae = lc[(lc["init"] == "mae") & (lc["schedule"] == 2.0)].reset_index()
     assert list(mae["epoch"]) == [1.0, 2.0]
     assert list(mae["APbox"]) == [1.5, 4.0] and list(mae["n"]) == [2, 2]
     assert mae["AP50"][1] == pytest.approx(12.0)
+    long = lc[(lc["init"] == "mae") & (lc["schedule"] == 4.0)]
+    assert list(long["APbox"]) == [1.0, 2.0, 3.0, 4.0] and set(lc["schedule"]) == {2.0, 4.0}
     rnd = lc[lc["init"] == "random"]
     assert list(rnd["APbox"]) == [0.5, 1.0] and list(rnd["n"]) == [1, 1]
 

@@ -1,4 +1,5 @@
-"""Learning curves of the Table 1 runs: validation AP at each of a run's evaluations.
+"""Learning curves: validation AP at each evaluation of the Table 1 / Figure 2 runs that
+evaluate along the way (``train.eval_at`` with more than one point).
 
 Figure 2 answers "how fast does each init converge" with separately trained schedules, as the
 paper did; a single run's curve is not that (its learning rate has not annealed at the earlier
@@ -9,6 +10,7 @@ evaluation point, mean over the seeds that reached it.
 from __future__ import annotations
 
 import statistics
+from math import nan as NAN
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -16,16 +18,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .aggregate import INITS
-from .cells import group_by, is_current, is_recipe, serving
+from .cells import group_by, is_current, is_recipe
 from .plots import _no_run, _stamp
 
 COLUMNS = ["size", "init", "schedule", "epoch", "APbox", "APbox sd", "AP50", "n", "runs"]
 
 
 def learning_curves(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Validation APbox / AP50 against training epochs for every current Table 1 run."""
-    recs = [r for r in serving(records, "T1") if is_recipe(r) and is_current(r)
-            and r.get("eval_history")]
+    """Validation APbox / AP50 against training epochs for every current Table 1 / Figure 2
+    recipe run with more than one evaluation."""
+    recs = [r for r in records if {"T1", "F2"} & set(r.get("serves") or []) and is_recipe(r)
+            and is_current(r) and len(r.get("eval_history") or []) > 1]
     rows = []
     for (size, init, schedule), group in group_by(recs, "size", "init", "schedule").items():
         points: dict[float, list[dict[str, Any]]] = {}
@@ -37,20 +40,22 @@ def learning_curves(records: list[dict[str, Any]]) -> pd.DataFrame:
             box = [float(h["bbox/AP"]) for h in hs]
             ap50 = [float(h["bbox/AP50"]) for h in hs if h.get("bbox/AP50") is not None]
             rows.append({"size": size, "init": init, "schedule": schedule, "epoch": epoch,
-                         "APbox": statistics.mean(box),
-                         "APbox sd": statistics.stdev(box) if len(box) > 1 else None,
-                         "AP50": statistics.mean(ap50) if ap50 else None, "n": len(box),
+                         "APbox": round(statistics.mean(box), 2),
+                         "APbox sd": round(statistics.stdev(box), 2) if len(box) > 1 else NAN,
+                         "AP50": round(statistics.mean(ap50), 2) if ap50 else NAN,
+                         "n": len(box),
                          "runs": ", ".join(sorted({r["run"] for r in group}))})
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["size", "init", "epoch"], ignore_index=True) if rows else df
 
 
 def curves_figure(curves: pd.DataFrame, note: str = "") -> Figure:
-    """Validation APbox and AP50 against training epochs, one line per init (and size)."""
+    """Validation APbox and AP50 against training epochs, one line per init and schedule
+    (and size)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     if curves.empty:
         for ax, metric in zip(axes, ("APbox", "AP50")):
-            _no_run(ax, f"Table 1 runs: validation {metric}")
+            _no_run(ax, f"learning curves: validation {metric}")
         return _stamp(fig, note)
     sizes = sorted(set(curves["size"]))
     order = [i for i in INITS if i in set(curves["init"])]
@@ -58,14 +63,19 @@ def curves_figure(curves: pd.DataFrame, note: str = "") -> Figure:
     for ax, metric in zip(axes, ("APbox", "AP50")):
         for size in sizes:
             for init in order:
-                d = curves[(curves["size"] == size) & (curves["init"] == init)]
-                d = d.dropna(subset=[metric]).sort_values("epoch")
-                if d.empty:
-                    continue
-                label = init if len(sizes) == 1 else f"{init} ({size})"
-                yerr = d["APbox sd"].fillna(0.0) if metric == "APbox" else None
-                ax.errorbar(d["epoch"], d[metric], yerr=yerr, marker="o", capsize=3, label=label)
-        ax.set_title(f"Table 1 runs: validation {metric} during training")
+                mine = curves[(curves["size"] == size) & (curves["init"] == init)]
+                schedules = sorted(set(mine["schedule"]))
+                for schedule in schedules:
+                    d = mine[mine["schedule"] == schedule].dropna(subset=[metric])
+                    if d.empty:
+                        continue
+                    label = init if len(sizes) == 1 else f"{init} ({size})"
+                    if len(schedules) > 1:
+                        label += f", {d['epoch'].max():g} ep run"
+                    yerr = d["APbox sd"].fillna(0.0) if metric == "APbox" else None
+                    ax.errorbar(d["epoch"], d[metric], yerr=yerr, marker="o", capsize=3,
+                                label=label)
+        ax.set_title(f"validation {metric} during training")
         ax.set_xlabel("training epochs (one run each; mean over seeds)")
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
