@@ -131,3 +131,9 @@ def test_equal_images_rows_take_the_longest_schedule_both_inits_have():
     sup = equal[equal.statement.str.startswith("supervised")].iloc[0]
     # supervised has no 12-epoch run: its Table 1 runs (3 ep) against random's 3 ep (1.0)
     assert sup["A"].startswith("supervised (3 ep)") and sup["verdict"] == HOLDS
+
+
+def test_without_any_seed_spread_the_verdict_says_so():
+    diff, spread, verdict = compare([3.0], [19.0], None)
+    assert diff == pytest.approx(-16.0) and spread is None
+    assert verdict == f"{INCONCLUSIVE} (no seed spread yet: one seed a side)"

@@ -102,7 +102,7 @@ def compare(a: list[float], b: list[float], noise_sd: float | None, kind: str = 
     sd_b = statistics.stdev(b) if len(b) >= 2 else noise_sd
     diff = statistics.mean(a) - statistics.mean(b)
     if sd_a is None or sd_b is None:
-        return diff, None, INCONCLUSIVE  # no estimate of the seed noise at all
+        return diff, None, f"{INCONCLUSIVE} (no seed spread yet: one seed a side)"
     spread = math.sqrt(sd_a ** 2 / len(a) + sd_b ** 2 / len(b))
     margin = 2 * spread
     weak = " (low power: a single-seed side)" if min(len(a), len(b)) < 2 else ""
