@@ -164,7 +164,7 @@ def test_code_change_reruns_only_where_the_profile_says_so(tmp_path, monkeypatch
 
 
 def test_a_shipping_profile_exports_its_best_current_table1_run(tmp_path):
-    """ship_checkpoints: after a run the best current Table 1 run's detector is exported
+    """ship_checkpoints: after a run the best current recipe run's detector is exported
     (here the fake runs left no checkpoint, which the runner reports and survives)."""
     import torch
 

@@ -1,4 +1,4 @@
-"""The shipped detector follows the best Table 1 run on validation APbox."""
+"""The shipped detector follows the best Table 1 / Figure 2 recipe run on validation APbox."""
 import torch
 
 from vitdet_lib.study import records as rec
@@ -46,3 +46,12 @@ def test_a_best_run_without_its_checkpoint_gives_way_to_the_next(tmp_path):
     said = []
     info = ship_best_detector(tmp_path, {"ft-mae-s0", "ft-beit-s0"}, echo=said.append)
     assert info["run"] == "ft-beit-s0" and "has no checkpoint here" in said[0]
+
+
+def test_a_figure2_run_of_a_recipe_can_be_the_shipped_detector(tmp_path):
+    _run(tmp_path, "ft-random-s0", 19.0, 19.0)
+    _run(tmp_path, "f2-mae-ep12", 25.0, 26.0, serves=("F2",))  # a longer schedule, same recipe
+    _run(tmp_path, "t3-mae-global", 30.0, 30.0, serves=("T3",))  # an ablation: never shipped
+    info = ship_best_detector(tmp_path, {"ft-random-s0", "f2-mae-ep12", "t3-mae-global"},
+                              echo=lambda _: None)
+    assert info["run"] == "f2-mae-ep12"

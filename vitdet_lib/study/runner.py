@@ -322,8 +322,8 @@ class StudyRunner:
         return self.summary
 
     def _ship_detector(self) -> None:
-        """Keep ``checkpoints/detector.pth`` the best Table 1 run's (``ship.py``); a failure
-        here is reported, never fatal to the runs already done."""
+        """Keep ``checkpoints/detector.pth`` the best Table 1 / Figure 2 recipe run's
+        (``ship.py``); a failure here is reported, never fatal to the runs already done."""
         from .ship import ship_best_detector
 
         try:

@@ -1,7 +1,8 @@
-"""Ship a study's best fine-tuned detector: the Table 1 run with the highest validation APbox,
-written as fp16 weights to ``<results_dir>/checkpoints/detector.pth`` (``checkpoint.export``),
-its sha256 in that run's record (``artifacts.export``), so the walkthrough can show a detector
-that detects without training one.
+"""Ship a study's best fine-tuned detector: of the runs of an init's recipe (Table 1 or Figure 2;
+no ablation, no sweep), the one with the highest validation APbox, written as fp16 weights to
+``<results_dir>/checkpoints/detector.pth`` (``checkpoint.export``), its sha256 in that run's
+record (``artifacts.export``), so the walkthrough can show a detector that detects without
+training one.
 
 Called after every ``study run`` of a ``ship_checkpoints`` profile; the choice uses the
 validation split only. A run whose work directory is gone (another machine ran it) cannot be
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import records as rec
-from .cells import SELECT, is_recipe, param, serving
+from .cells import SELECT, is_recipe, param
 from .fingerprint import file_sha256
 
 DETECTOR_NAME = "detector.pth"
@@ -26,14 +27,15 @@ def _val_ap(r: dict[str, Any]) -> float | None:
 
 def ship_best_detector(results_dir: Path, run_names: set[str],
                        echo: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """Export the best current Table 1 run's detector if it is not the one shipped already;
-    the export's description, or None when no run qualifies."""
+    """Export the best current Table 1 / Figure 2 recipe run's detector if it is not the one
+    shipped already; the export's description, or None when no run qualifies."""
     from vitdet_lib.checkpoint.export import export_detector
 
     records = [r for r in rec.load_records(results_dir) if r.get("run") in run_names
                and rec.is_success(r)]
-    candidates = sorted((r for r in serving(records, "T1") if is_recipe(r)
-                         and _val_ap(r) is not None), key=_val_ap, reverse=True)
+    recipes = [r for r in records if {"T1", "F2"} & set(r.get("serves") or []) and is_recipe(r)]
+    candidates = sorted((r for r in recipes if _val_ap(r) is not None), key=_val_ap,
+                        reverse=True)
     out = results_dir / "checkpoints" / DETECTOR_NAME
     shipped = next((r for r in records if (r.get("artifacts") or {}).get("export", {})
                     .get("path", "").endswith(DETECTOR_NAME)), None)
