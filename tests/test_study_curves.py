@@ -2,7 +2,7 @@
 import pytest
 
 from vitdet_lib.study import curves
-from vitdet_lib.study.cells import is_recipe, overrides_of
+from vitdet_lib.study.cells import is_recipe, overrides_of, recipe_runs
 from vitdet_lib.study.findings import findings_table
 
 EVAL_AT = "train.eval_at=[0.25,0.5,0.75,1.0]"
@@ -26,6 +26,8 @@ def test_reporting_only_overrides_keep_a_run_its_recipe():
                    overrides=(EVAL_AT, "model.detector.multi_scale=false"))
     assert overrides_of(ablation) == ["model.detector.multi_scale=false"]
     assert not is_recipe(ablation)
+    t4 = rec("t4-mae", "mae", [1.0], serves=("T4",))
+    assert [r["run"] for r in recipe_runs([r, ablation, t4])] == ["ft-mae-s0"]
 
 
 def test_findings_count_runs_that_evaluate_along_the_way():
@@ -55,9 +57,10 @@ def test_learning_curves_average_seeds_per_evaluation():
 
 
 def test_curves_figure_saves_with_and_without_runs(tmp_path):
+    from vitdet_lib.study import plots
     from vitdet_lib.study.plots import save_figure
 
     full = curves.learning_curves([rec("ft-mae-s0", "mae", [1.0, 3.0])])
     for name, data in (("curves", full), ("empty", curves.learning_curves([]))):
-        paths = save_figure(curves.curves_figure(data, note="test"), tmp_path, name)
+        paths = save_figure(plots.curves_figure(data, note="test"), tmp_path, name)
         assert all(p.stat().st_size > 0 for p in paths)

@@ -5,7 +5,7 @@ Figure 2 answers "how fast does each init converge" with separately trained sche
 paper did; a single run's curve is not that (its learning rate has not annealed at the earlier
 points), but it shows whether an init was still climbing steeply when its schedule ended, and
 it costs only a few evaluations (``train.eval_at``). One row per init x size x schedule x
-evaluation point, mean over the seeds that reached it.
+evaluation point, mean over the seeds that reached it. The figure is ``plots.curves_figure``.
 """
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ import statistics
 from math import nan as NAN
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pandas as pd
-from matplotlib.figure import Figure
 
-from .aggregate import INITS
-from .cells import group_by, is_current, is_recipe
-from .plots import _no_run, _stamp
+from .cells import group_by, is_current, recipe_runs
 
 COLUMNS = ["size", "init", "schedule", "epoch", "APbox", "APbox sd", "AP50", "n", "runs"]
 
@@ -27,8 +23,8 @@ COLUMNS = ["size", "init", "schedule", "epoch", "APbox", "APbox sd", "AP50", "n"
 def learning_curves(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Validation APbox / AP50 against training epochs for every current Table 1 / Figure 2
     recipe run with more than one evaluation."""
-    recs = [r for r in records if {"T1", "F2"} & set(r.get("serves") or []) and is_recipe(r)
-            and is_current(r) and len(r.get("eval_history") or []) > 1]
+    recs = [r for r in recipe_runs(records)
+            if is_current(r) and len(r.get("eval_history") or []) > 1]
     rows = []
     for (size, init, schedule), group in group_by(recs, "size", "init", "schedule").items():
         points: dict[float, list[dict[str, Any]]] = {}
@@ -47,37 +43,3 @@ def learning_curves(records: list[dict[str, Any]]) -> pd.DataFrame:
                          "runs": ", ".join(sorted({r["run"] for r in group}))})
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["size", "init", "epoch"], ignore_index=True) if rows else df
-
-
-def curves_figure(curves: pd.DataFrame, note: str = "") -> Figure:
-    """Validation APbox and AP50 against training epochs, one line per init and schedule
-    (and size)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    if curves.empty:
-        for ax, metric in zip(axes, ("APbox", "AP50")):
-            _no_run(ax, f"learning curves: validation {metric}")
-        return _stamp(fig, note)
-    sizes = sorted(set(curves["size"]))
-    order = [i for i in INITS if i in set(curves["init"])]
-    order += sorted(set(curves["init"]) - set(order))
-    for ax, metric in zip(axes, ("APbox", "AP50")):
-        for size in sizes:
-            for init in order:
-                mine = curves[(curves["size"] == size) & (curves["init"] == init)]
-                schedules = sorted(set(mine["schedule"]))
-                for schedule in schedules:
-                    d = mine[mine["schedule"] == schedule].dropna(subset=[metric])
-                    if d.empty:
-                        continue
-                    label = init if len(sizes) == 1 else f"{init} ({size})"
-                    if len(schedules) > 1:
-                        label += f", {d['epoch'].max():g} ep run"
-                    yerr = d["APbox sd"].fillna(0.0) if metric == "APbox" else None
-                    ax.errorbar(d["epoch"], d[metric], yerr=yerr, marker="o", capsize=3,
-                                label=label)
-        ax.set_title(f"validation {metric} during training")
-        ax.set_xlabel("training epochs (one run each; mean over seeds)")
-        ax.set_ylabel(metric)
-        ax.legend(fontsize=8)
-    return _stamp(fig, note)
-

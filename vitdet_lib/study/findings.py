@@ -14,7 +14,8 @@ pooled seed sd of the study's Table 1 cells. Verdicts, with ``margin = 2 x sprea
 - ``A !> B`` ("A does not beat B"): ``contradicted`` when difference > margin, ``holds`` when
   difference < -margin, else ``holds (tie within spread)``;
 - ``A ~ B`` ("about equal"): ``holds`` when |difference| <= margin, else ``contradicted``;
-- a tie or ``~`` verdict resting on a single-seed side says ``low power``;
+- a verdict (other than ``inconclusive``) resting on a single-seed side says
+  ``low power``;
 - ``no result`` when a group has no current run yet (the stage that makes it is named).
 
 Profiles without a test split (``mini``, ``paper``) are judged on the validation split, and
@@ -107,13 +108,14 @@ def compare(a: list[float], b: list[float], noise_sd: float | None, kind: str = 
     margin = 2 * spread
     weak = " (low power: a single-seed side)" if min(len(a), len(b)) < 2 else ""
     if kind == "~":
-        return diff, spread, HOLDS + weak if abs(diff) <= margin else CONTRADICTED
-    if kind == "!>":
-        if diff > margin:
-            return diff, spread, CONTRADICTED
-        return diff, spread, HOLDS if diff < -margin else f"{HOLDS} (tie within spread){weak}"
-    return diff, spread, HOLDS if diff > margin else (
-        CONTRADICTED if diff < -margin else INCONCLUSIVE)
+        verdict = HOLDS if abs(diff) <= margin else CONTRADICTED
+    elif kind == "!>":
+        verdict = CONTRADICTED if diff > margin else (
+            HOLDS if diff < -margin else f"{HOLDS} (tie within spread)")
+    else:
+        verdict = HOLDS if diff > margin else CONTRADICTED if diff < -margin else INCONCLUSIVE
+    # a single-seed side's sd is borrowed: every decided verdict on it is weaker evidence
+    return diff, spread, verdict if verdict == INCONCLUSIVE else verdict + weak
 
 
 # ----------------------------------------------------------------------------- run groups
@@ -242,8 +244,7 @@ def claims(records: Records) -> list[Claim]:
                         and float(e) in random_eps)
         ep = common[-1] if common else None
         at = f"{fmt_epochs(ep)} ep" if ep is not None else "no schedule random also has"
-        mine = [r for (i, e), g in by_epochs.items() if i == init and e == ep for r in g]
-        rand = [r for (i, e), g in by_epochs.items() if i == "random" and e == ep for r in g]
+        mine, rand = by_epochs.get((init, ep), []), by_epochs.get(("random", ep), [])
         out.append(Claim("d", f"{NAMES[init]} beats random init at equal fine-tuning images "
                               "(F2)",
                          "Figure 2: every pre-trained init converges ~4x faster, so at equal "
@@ -361,7 +362,8 @@ def findings_markdown(df: pd.DataFrame, profile: str, note: str = "") -> str:
         "Verdict: A beats B `holds` when the difference exceeds 2 x spread, `contradicted` when "
         "it is below -2 x spread, else `inconclusive`; A does not beat B is `contradicted` above "
         "2 x spread, `holds` below -2 x spread and a `tie within spread` between; A ~ B `holds` "
-        "within 2 x spread. `low power`: one side is a single seed.",
+        "within 2 x spread. `low power`: the verdict rests on a single-seed side (its sd "
+        "borrowed).",
         "",
         "Verdicts: " + (", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none"),
         "", to_markdown(df.drop(columns=["runs"])), "",

@@ -146,3 +146,36 @@ def tuning_figure(grid: pd.DataFrame, dp: pd.DataFrame, note: str = "") -> Figur
         sns.barplot(data=dp, x="drop_path", y="val APbox", hue="init", ax=ax)
         ax.set_title("val APbox vs drop path at the best lr, wd")
     return _stamp(fig, note)
+
+
+def curves_figure(curves: pd.DataFrame, note: str = "") -> Figure:
+    """Validation APbox and AP50 against training epochs, one line per init and schedule
+    (and size)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    if curves.empty:
+        for ax, metric in zip(axes, ("APbox", "AP50")):
+            _no_run(ax, f"learning curves: validation {metric}")
+        return _stamp(fig, note)
+    sizes = sorted(set(curves["size"]))
+    order = [i for i in INITS if i in set(curves["init"])]
+    order += sorted(set(curves["init"]) - set(order))
+    for ax, metric in zip(axes, ("APbox", "AP50")):
+        for size in sizes:
+            for init in order:
+                mine = curves[(curves["size"] == size) & (curves["init"] == init)]
+                schedules = sorted(set(mine["schedule"]))
+                for schedule in schedules:
+                    d = mine[mine["schedule"] == schedule].dropna(subset=[metric])
+                    if d.empty:
+                        continue
+                    label = init if len(sizes) == 1 else f"{init} ({size})"
+                    if len(schedules) > 1:
+                        label += f", {d['epoch'].max():g} ep run"
+                    yerr = d["APbox sd"].fillna(0.0) if metric == "APbox" else None
+                    ax.errorbar(d["epoch"], d[metric], yerr=yerr, marker="o", capsize=3,
+                                label=label)
+        ax.set_title(f"validation {metric} during training")
+        ax.set_xlabel("training epochs (one run each; mean over seeds)")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=8)
+    return _stamp(fig, note)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import records as rec
-from .cells import SELECT, is_recipe, param
+from .cells import SELECT, param, recipe_runs
 from .fingerprint import file_sha256
 
 DETECTOR_NAME = "detector.pth"
@@ -33,8 +33,7 @@ def ship_best_detector(results_dir: Path, run_names: set[str],
 
     records = [r for r in rec.load_records(results_dir) if r.get("run") in run_names
                and rec.is_success(r)]
-    recipes = [r for r in records if {"T1", "F2"} & set(r.get("serves") or []) and is_recipe(r)]
-    candidates = sorted((r for r in recipes if _val_ap(r) is not None), key=_val_ap,
+    candidates = sorted((r for r in recipe_runs(records) if _val_ap(r) is not None), key=_val_ap,
                         reverse=True)
     out = results_dir / "checkpoints" / DETECTOR_NAME
     shipped = next((r for r in records if (r.get("artifacts") or {}).get("export", {})
