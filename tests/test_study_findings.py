@@ -144,3 +144,10 @@ def test_without_any_seed_spread_the_verdict_says_so():
     diff, spread, verdict = compare([3.0], [19.0], None)
     assert diff == pytest.approx(-16.0) and spread is None
     assert verdict == f"{INCONCLUSIVE} (no seed spread yet: one seed a side)"
+
+
+def test_a_run_that_feeds_no_table_is_no_inits_recipe():
+    # a post-hoc check (another lr, serves nothing) must not join MAE's Table 1 group
+    base = findings_table(_study())
+    check = findings_table(_study() + [rec("chk-mae-lr", "mae", 50.0, serves=[])])
+    assert check.drop(columns=["runs"]).equals(base.drop(columns=["runs"]))

@@ -43,6 +43,7 @@ from .cells import (
     is_recipe,
     overrides_of,
     param,
+    recipe_runs,
     schedule_of,
     serving,
     values_of,
@@ -131,8 +132,9 @@ def table1_runs(records: Records, init: str) -> tuple[float | None, Records]:
 
 
 def schedule_runs(records: Records, init: str, schedule: float | None) -> Records:
-    """``init``'s recipe runs (any table) at ``schedule`` (as the profile lists it)."""
-    return [r for r in records if is_recipe(r) and param(r, "init") == init
+    """``init``'s Table 1 / Figure 2 recipe runs at ``schedule`` (as the profile lists it); a
+    run that feeds no table (a post-hoc check) is not its init's recipe."""
+    return [r for r in recipe_runs(records) if param(r, "init") == init
             and schedule is not None and schedule_of(r) == schedule]
 
 
