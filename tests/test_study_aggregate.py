@@ -159,3 +159,14 @@ def test_tuning_shows_the_reused_grid_run_as_drop_path_zero():
     assert len(grid) == 2
     assert sorted(zip(dp["drop_path"], dp["val APbox"], dp["state"])) == [
         (0.0, 5.0, "grid run (reused)"), (0.1, 4.0, "success")]
+
+
+def test_markdown_tables_round_floats_for_reading():
+    import pandas as pd
+
+    from vitdet_lib.study.render import to_markdown
+
+    df = pd.DataFrame({"APbox": [3.3360282777046817, 0.06209762884632604, float("nan")],
+                       "epoch": [12.0, 118.67, 1234.5678], "runs": ["a", "b", "c"]})
+    body = to_markdown(df).splitlines()[2:]
+    assert body == ["| 3.336 | 12.0 | a |", "| 0.0621 | 118.67 | b |", "|  | 1234.6 | c |"]

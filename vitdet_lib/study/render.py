@@ -34,13 +34,25 @@ def paper_table(table: str) -> pd.DataFrame:
                         columns=["table", "row", "col", "value", "source", "confidence"])
 
 
+def _text(v: object) -> str:
+    """A cell for reading: a float as written when short (48.0, 0.0012), else to 4 significant
+    digits (the CSV beside keeps them all)."""
+    if not isinstance(v, float):
+        return str(v)
+    if math.isnan(v):
+        return ""
+    short = repr(float(v))
+    if len(short) <= 7:
+        return short
+    return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
 def to_markdown(df: pd.DataFrame) -> str:
     """A pipe table without optional dependencies (pandas' own needs ``tabulate``)."""
     if df.empty:
         return f"_{NO_RUN}_\n"
     cols = [str(c) for c in df.columns]
-    cells = [[("" if (isinstance(v, float) and math.isnan(v)) else str(v)) for v in row]
-             for row in df.itertuples(index=False)]
+    cells = [[_text(v) for v in row] for row in df.itertuples(index=False)]
 
     def line(xs: list[str]) -> str:
         return "| " + " | ".join(x.replace("|", "/") for x in xs) + " |"
