@@ -170,3 +170,37 @@ def test_markdown_tables_round_floats_for_reading():
                        "epoch": [12.0, 118.67, 1234.5678], "runs": ["a", "b", "c"]})
     body = to_markdown(df).splitlines()[2:]
     assert body == ["| 3.336 | 12.0 | a |", "| 0.0621 | 118.67 | b |", "|  | 1234.6 | c |"]
+
+
+def test_ablations_at_a_longer_schedule_take_that_schedules_recipe_runs():
+    # a 4-epoch single-scale run and an F3 run: their multi-scale / default-pre-training rows
+    # are MAE's 4-epoch recipe run, trained for Figure 2 only
+    recs = RECORDS + [
+        _ft("f2-mae-ep4-s0", "mae", 30.0, 33.0, schedule=4.0, serves=("F2",), pretrain_epochs=2),
+        _ft("t2-mae-single-ep4-s0", "mae", 25.0, 28.0, schedule=4.0, serves=("T2",),
+            overrides=["model.detector.multi_scale=false"]),
+        _ft("f3-mae_ep1-ep4-s0", "mae_ep1", 20.0, 21.0, schedule=4.0, serves=("F3",),
+            init_kind="mae", pretrain_epochs=1)]
+    t2 = agg.table2(recs)
+    long = t2[t2["schedule"] == "4"].set_index("backbone")
+    assert long.loc["multi-scale (FPN)", "APbox"] == "33.0"
+    assert long.loc["single-scale", "APbox"] == "28.0"
+    f3 = agg.mae_epochs(recs)
+    at4 = f3[f3["schedule"] == 4.0]
+    assert list(at4["pretrain epochs"]) == [1.0, 2.0] and list(at4["APbox"]) == [21.0, 33.0]
+    # a schedule with no F3 run of its own adds no Figure 3 point
+    assert set(f3["schedule"]) == {0.5, 1.0, 4.0}
+
+
+def test_table3_shows_each_measurement_in_its_own_rows():
+    def measured(run, ap):
+        r = _ft(run, "mae", 0.0, serves=("T3",), layouts=["window", "hybrid"])
+        r["metrics"] = {"layouts": [{"layout": lay, "test/bbox/AP": ap + i,
+                                     "train_peak_mem_mb": 10.0}
+                                    for i, lay in enumerate(["window", "hybrid"])]}
+        return r
+
+    df = agg.table3([measured("t3-mem", 3.0), measured("t3-mem-ep12", 20.0)],
+                    layouts=["window", "hybrid"])
+    assert list(df["measurement"]) == ["t3-mem"] * 2 + ["t3-mem-ep12"] * 2
+    assert list(df["APbox"].str[:4]) == ["3.0 ", "4.0 ", "20.0", "21.0"]

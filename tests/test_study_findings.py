@@ -151,3 +151,31 @@ def test_a_run_that_feeds_no_table_is_no_inits_recipe():
     base = findings_table(_study())
     check = findings_table(_study() + [rec("chk-mae-lr", "mae", 50.0, serves=[])])
     assert check.drop(columns=["runs"]).equals(base.drop(columns=["runs"]))
+
+
+def test_ablations_at_a_second_schedule_get_their_own_rows_and_baseline():
+    # the ablations again at 12 epochs: each compared with MAE's own 12-epoch recipe run (an
+    # F2 run), never with the 3-epoch Table 1 runs; F3 likewise per fine-tuning schedule
+    R = _study() + [
+        rec("f2-mae-long", "mae", 30.0, serves=["F2"], schedule=12.0, pretrain_epochs=6.0),
+        rec("t3-window-12", "mae", 20.0, serves=["T3"], schedule=12.0,
+            overrides=["model.backbone.attention=window"]),
+        rec("t2-single-12", "mae", 29.9, serves=["T2"], schedule=12.0,
+            overrides=["model.detector.multi_scale=false"]),
+        rec("f3-mae-short-12", "mae_ep1", 18.0, serves=["F3"], schedule=12.0, kind="mae",
+            pretrain_epochs=1.0)]
+    df = findings_table(R)
+    window = df[(df.claim == "e") & df.statement.str.contains("window")]
+    assert list(window["A"].str[:24]) == ["MAE hybrid, FPN (3 ep): ", "MAE hybrid, FPN (12 ep):"]
+    long = window.iloc[1]
+    assert long["B"].startswith("MAE window-only (12 ep): 20.00")
+    assert float(long["difference"]) == pytest.approx(10.0)
+    assert long["runs"] == "f2-mae-long, t3-window-12"
+    single = df[df.claim == "f"].iloc[1]
+    assert float(single["difference"]) == pytest.approx(0.1)
+    assert single["verdict"] == INCONCLUSIVE
+    g = df[df.claim == "g"]
+    assert len(g) == 2 and g.iloc[1]["runs"] == "f2-mae-long, f3-mae-short-12"
+    assert float(g.iloc[1]["difference"]) == pytest.approx(12.0)
+    # the global run exists at 3 epochs only: its 12-epoch row does not appear
+    assert len(df[(df.claim == "e") & df.statement.str.contains("global")]) == 1

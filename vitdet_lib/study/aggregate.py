@@ -24,6 +24,7 @@ from .cells import (
     SELECT,
     TEST,
     cell,
+    f3_runs,
     fmt,
     fmt_epochs,
     group_by,
@@ -168,8 +169,7 @@ def paper_convergence() -> pd.DataFrame:
 def mae_epochs(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Figure 3's data: test APbox against MAE pre-training epochs, one row per separately
     pre-trained checkpoint and fine-tuning schedule."""
-    recs = [r for r in serving(records, "F3") if is_recipe(r) and param(r, "init_kind") == "mae"
-            and param(r, "pretrain_epochs") is not None]
+    recs = f3_runs(records)
     rows = []
     for (size, epochs, schedule), group in group_by(recs, "size", "pretrain_epochs",
                                                "schedule").items():
@@ -202,16 +202,20 @@ def _speed_cols(recs: list[dict[str, Any]]) -> dict[str, str]:
 
 def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Table 2: multi-scale (FPN) vs single-scale, per (size, init, schedule) with a
-    single-scale run; the multi-scale rows are the same init's recipe runs."""
-    recs = [r for r in serving(records, "T2") if not is_sweep(r)]
-    single = [r for r in recs if "model.detector.multi_scale=false" in overrides_of(r)]
+    single-scale run; the multi-scale rows are the same init's recipe runs at that schedule
+    (whichever table they were trained for)."""
+    single = [r for r in serving(records, "T2") if not is_sweep(r)
+              and "model.detector.multi_scale=false" in overrides_of(r)]
     keys = list(group_by(single, "size", "init", "schedule")) or [(None, None, None)]
+    recipes = [r for r in records if is_recipe(r)
+               and {"T1", "F2", "T2"} & set(r.get("serves") or [])]
     rows = []
+    def key_of(r: dict[str, Any]) -> tuple[Any, ...]:
+        return param(r, "size"), param(r, "init"), schedule_of(r)
+
     for size, init, schedule in keys:
-        same = [r for r in recs if (param(r, "size"), param(r, "init"), schedule_of(r))
-                == (size, init, schedule)]
-        multi = [r for r in same if is_recipe(r)]
-        one = [r for r in same if r in single]
+        multi = [r for r in recipes if key_of(r) == (size, init, schedule)]
+        one = [r for r in single if key_of(r) == (size, init, schedule)]
         for name, group in (("multi-scale (FPN)", multi), ("single-scale", one)):
             rows.append({"size": size or NO_RUN, "init": init or NO_RUN,
                          "schedule": fmt_epochs(schedule), "backbone": name, **_speed_cols(group),
@@ -225,29 +229,45 @@ def table3(records: list[dict[str, Any]], layouts: Iterable[str] = LAYOUTS) -> p
     """Table 3: attention strategies: AP (the fine-tune runs the measurement names), training
     memory (the step's own peak, and the total with weights, gradients and optimizer state),
     speed."""
-    measured = [r for r in serving(records, "T3") if "layouts" in (r.get("metrics") or {})]
-    ok = [r for r in measured if is_current(r)]
-    by_layout = {row["layout"]: row for r in ok for row in r["metrics"]["layouts"]}
-    state = state_of(measured[0]) if measured and not ok else NO_RUN
+    # a profile may measure more than once (e.g. AP of fine-tunes at two schedules): one block
+    # of rows per measurement, named in the first column
+    measured = [r for r in serving(records, "T3") if is_memory_time(r)]
+    rows = []
+    for r in measured or [None]:
+        rows += _table3_rows(r, layouts)
+    return pd.DataFrame(rows)
+
+
+def is_memory_time(r: dict[str, Any]) -> bool:
+    """A Table 3 measurement run (memory and time per layout), not a fine-tune."""
+    return "layouts" in (r.get("metrics") or {}) or param(r, "layouts") is not None
+
+
+def _table3_rows(r: dict[str, Any] | None, layouts: Iterable[str]) -> list[dict[str, Any]]:
+    ok = r is not None and is_current(r)
+    by_layout = {row["layout"]: row for row in r["metrics"]["layouts"]} if ok else {}
+    state = state_of(r) if r is not None and not ok else NO_RUN
     rows = []
     for layout in layouts:
         m = by_layout.get(layout)
+        rows.append({"measurement": r["run"] if r is not None else NO_RUN})
         if m is None:
-            rows.append({"layout": layout, "APbox": state, "train step peak MB": state,
-                         "train total MB": state, "train s/iter": state, "infer s/img": state})
+            rows[-1].update({"layout": layout, "APbox": state, "train step peak MB": state,
+                             "train total MB": state, "train s/iter": state,
+                             "infer s/img": state})
         else:
             key = "test/bbox/AP" if m.get("test/bbox/AP") is not None else "bbox/AP"
             ap = (f"{fmt(m[key])} (n={m.get(key + ' n', 1)}, "
                   f"{'test' if key.startswith(TEST) else 'val'})" if m.get(key) is not None
                   else ", ".join(m.get("ap_status") or []) or NO_RUN)
-            rows.append({"layout": layout, "APbox": ap,
-                         "train step peak MB": m.get("error") or fmt(m.get("train_peak_mem_mb"),
-                                                                     0),
-                         "train total MB": m.get("error") or fmt(m.get("train_total_mem_mb"), 0),
-                         "train s/iter": fmt(m.get("train_s_per_iter"), 3),
-                         "infer s/img": fmt(m.get("infer_s_per_img"), 3)})
+            err = m.get("error")
+            rows[-1].update({"layout": layout, "APbox": ap,
+                             "train step peak MB": err or fmt(m.get("train_peak_mem_mb"), 0),
+                             "train total MB": err or fmt(m.get("train_total_mem_mb"), 0),
+                             "train s/iter": fmt(m.get("train_s_per_iter"), 3),
+                             "infer s/img": fmt(m.get("infer_s_per_img"), 3)})
         rows[-1]["paper APbox (ViT-L)"] = _paper("T3", layout, "APbox")
-    return pd.DataFrame(rows)
+    return rows
 
 
 # the paper's Table 4 rows: (init kind, pre-trained with, fine-tune rel-pos, fine-tune abs-pos)

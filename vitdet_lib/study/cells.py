@@ -64,6 +64,27 @@ def schedule_of(r: dict[str, Any]) -> float | None:
     return finite(param(r, "schedule_epochs"))
 
 
+def f3_runs(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Figure 3's runs: MAE-initialised recipe runs that serve it and, at each fine-tuning
+    schedule those use, the MAE recipe runs of Table 1 / Figure 2 (the default pre-training's
+    point), so an F3 run at a longer schedule is set against the same-schedule default."""
+    records = list(records)
+    mae = [r for r in records if is_recipe(r) and param(r, "init_kind") == "mae"
+           and param(r, "pretrain_epochs") is not None]
+    own = [r for r in mae if "F3" in (r.get("serves") or [])]
+    schedules, names = {schedule_of(r) for r in own}, {r["run"] for r in own}
+    return own + [r for r in recipe_runs(mae) if r["run"] not in names
+                  and schedule_of(r) in schedules]
+
+
+def by_schedule(recs: Iterable[dict[str, Any]]) -> dict[float | None, list[dict[str, Any]]]:
+    """Runs grouped by their listed schedule, shortest first."""
+    out: dict[float | None, list[dict[str, Any]]] = {}
+    for r in recs:
+        out.setdefault(schedule_of(r), []).append(r)
+    return dict(sorted(out.items(), key=lambda kv: kv[0] or 0.0))
+
+
 def fmt(value: Any, digits: int = 1) -> str:
     v = finite(value)
     if v is None:

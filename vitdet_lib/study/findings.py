@@ -36,6 +36,8 @@ from .aggregate import best_schedule
 from .cells import (
     SELECT,
     TEST,
+    by_schedule,
+    f3_runs,
     fmt,
     fmt_epochs,
     group_by,
@@ -163,14 +165,6 @@ def t4_runs(records: Records, row: str) -> Records:
     return [r for r in serving(records, "T4") if t4_row(r) == row]
 
 
-def mae_epoch_runs(records: Records, schedule: float | None) -> dict[float, Records]:
-    """MAE-initialised recipe runs at ``schedule``, by pre-training epochs (Figure 3)."""
-    recs = [r for r in records if is_recipe(r) and param(r, "init_kind") == "mae"
-            and param(r, "pretrain_epochs") is not None and schedule_of(r) == schedule
-            and ("F3" in (r.get("serves") or []) or "T1" in (r.get("serves") or []))]
-    return {float(k[0]): g for k, g in group_by(recs, "pretrain_epochs").items()}
-
-
 def images_to_match(target: float | None, curve: dict[float, float]) -> str:
     """How many epochs random init needs to reach ``target`` APbox, by linear interpolation on
     its curve (epochs -> APbox); beyond the curve: ``> longest``."""
@@ -254,36 +248,47 @@ def claims(records: Records) -> list[Claim]:
                          Group(f"{NAMES[init]} ({at})", mine), Group(f"random ({at})", rand),
                          needs="f2-long"))
 
-    # (e) T3, (f) T2: the MAE recipe runs at the ablations' schedule
-    def mae_at(runs: Records) -> Group:
-        s = schedule_of(runs[0]) if runs else t1["mae"][0]
+    # (e) T3, (f) T2: each ablation against the MAE recipe runs at its own schedule, one row
+    # per schedule the profile ablates at (a longer one gives the comparison more signal)
+    def mae_at(s: float | None) -> Group:
         return Group(f"MAE hybrid, FPN ({fmt_epochs(s)} ep)", schedule_runs(records, "mae", s))
+
+    def per_schedule(runs: Records) -> dict[float | None, Records]:
+        return by_schedule(runs) or {t1["mae"][0]: []}
 
     window = ablation_runs(records, "T3", lambda o: o.endswith("attention=window"))
     glob = ablation_runs(records, "T3", lambda o: o.endswith("attention=global"))
-    out.append(Claim("e", "hybrid attention (4 global blocks) is about as good as global (T3)",
-                     "ViT-L APbox: hybrid 53.3, global about the same", mae_at(glob),
-                     Group("MAE global", glob), kind="~", needs="ablations"))
-    out.append(Claim("e", "hybrid attention beats window-only attention (T3)",
-                     "ViT-L APbox: hybrid 53.3, window-only 50.7", mae_at(window),
-                     Group("MAE window-only", window), needs="ablations"))
     single = ablation_runs(records, "T2", lambda o: o.endswith("multi_scale=false"))
-    out.append(Claim("f", "the multi-scale (FPN) adapter beats single-scale (T2)",
-                     "ViT-B APbox: multi-scale 50.1, single-scale 48.4", mae_at(single),
-                     Group("MAE single-scale", single), needs="ablations"))
+    for s, runs in per_schedule(glob).items():
+        out.append(Claim("e", "hybrid attention (4 global blocks) is about as good as global "
+                              "(T3)", "ViT-L APbox: hybrid 53.3, global about the same",
+                         mae_at(s), Group(f"MAE global ({fmt_epochs(s)} ep)", runs), kind="~",
+                         needs="ablations"))
+    for s, runs in per_schedule(window).items():
+        out.append(Claim("e", "hybrid attention beats window-only attention (T3)",
+                         "ViT-L APbox: hybrid 53.3, window-only 50.7", mae_at(s),
+                         Group(f"MAE window-only ({fmt_epochs(s)} ep)", runs),
+                         needs="ablations"))
+    for s, runs in per_schedule(single).items():
+        out.append(Claim("f", "the multi-scale (FPN) adapter beats single-scale (T2)",
+                         "ViT-B APbox: multi-scale 50.1, single-scale 48.4", mae_at(s),
+                         Group(f"MAE single-scale ({fmt_epochs(s)} ep)", runs),
+                         needs="ablations"))
 
-    # (g) Figure 3: longest against shortest MAE pre-training, same fine-tuning schedule
-    f3 = mae_epoch_runs(records, t1["mae"][0])
-    eps = sorted(f3)
-    curve = ", ".join(f"{e:g} ep: {fmt(statistics.mean(v))}" for e in eps
-                      if (v := values_of(f3[e], METRIC)))
-    out.append(Claim("g", "AP grows with MAE pre-training epochs (F3)",
-                     "ViT-L APbox: large gains from 100 to 800 epochs, 53.1 at 800, 53.3 at 1600",
-                     Group(f"MAE {eps[-1]:g} pre-training ep" if eps else "MAE longest",
-                           f3[eps[-1]] if eps else []),
-                     Group(f"MAE {eps[0]:g} pre-training ep" if len(eps) > 1 else "MAE shortest",
-                           f3[eps[0]] if len(eps) > 1 else []),
-                     needs="pretrain-extra, ablations", extra=curve))
+    # (g) Figure 3: longest against shortest MAE pre-training, per fine-tuning schedule
+    for s, runs in (by_schedule(f3_runs(records)) or {t1["mae"][0]: []}).items():
+        f3 = {float(k[0]): g for k, g in group_by(runs, "pretrain_epochs").items()}
+        eps = sorted(f3)
+        curve = ", ".join(f"{e:g} ep: {fmt(statistics.mean(v))}" for e in eps
+                          if (v := values_of(f3[e], METRIC)))
+        out.append(Claim(
+            "g", "AP grows with MAE pre-training epochs (F3)",
+            "ViT-L APbox: large gains from 100 to 800 epochs, 53.1 at 800, 53.3 at 1600",
+            Group(f"MAE {eps[-1]:g} pre-training ep ({fmt_epochs(s)} ep)" if eps
+                  else "MAE longest", f3[eps[-1]] if eps else []),
+            Group(f"MAE {eps[0]:g} pre-training ep ({fmt_epochs(s)} ep)" if len(eps) > 1
+                  else "MAE shortest", f3[eps[0]] if len(eps) > 1 else []),
+            needs="pretrain-extra, ablations", extra=curve))
 
     # (h) Table 4: relative position biases
     rows = {row: t4_runs(records, row) for row in "12345"}
