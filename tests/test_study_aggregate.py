@@ -204,3 +204,12 @@ def test_table3_shows_each_measurement_in_its_own_rows():
                     layouts=["window", "hybrid"])
     assert list(df["measurement"]) == ["t3-mem"] * 2 + ["t3-mem-ep12"] * 2
     assert list(df["APbox"].str[:4]) == ["3.0 ", "4.0 ", "20.0", "21.0"]
+
+
+def test_table1_shows_figure2s_other_schedules_beside_the_chosen_one():
+    recs = RECORDS + [_ft("f2-mae-ep4-s0", "mae", 30.0, 33.0, schedule=4.0, serves=("F2",))]
+    df = agg.table1(recs, sizes=["S"]).set_index("init")
+    # Table 1 chooses among its own runs (schedule 1); the F2-only run is shown, not chosen
+    assert df.loc["mae", "schedule (ep)"] == "1"
+    assert df.loc["mae", "Figure 2's other schedules (val APbox)"] == "4 ep: 30.0"
+    assert df.loc["random", "Figure 2's other schedules (val APbox)"] == agg.NO_RUN

@@ -114,6 +114,7 @@ def table1(records: list[dict[str, Any]], sizes: Iterable[str] | None = None,
     """Table 1: each init with its tuned lr / wd / drop path at its best schedule (chosen on
     validation APbox), reported on the test split as mean ± sd over seeds."""
     recs = [r for r in serving(records, "T1") if is_recipe(r)]
+    figure2_only = [r for r in serving(records, "F2") if is_recipe(r) and r not in recs]
     rows, used_val = [], False
     for init in inits:
         for size in _sizes(recs, sizes):
@@ -132,6 +133,9 @@ def table1(records: list[dict[str, Any]], sizes: Iterable[str] | None = None,
                 "trained ep": fmt_epochs(param(chosen[0], "epochs")) if chosen else NO_RUN,
                 "schedules tried": ", ".join(fmt_epochs(k[0]) for k in sorted(
                     group_by(mine, "schedule"), key=lambda k: k[0] or 0.0)) or NO_RUN,
+                "Figure 2's other schedules (val APbox)": _other_schedules(
+                    [r for r in figure2_only if param(r, "init") == init
+                     and param(r, "size") == size]),
                 "lr": fmt(first.get("lr"), 6) if ok else NO_RUN,
                 "wd": fmt(first.get("weight_decay"), 3) if ok else NO_RUN,
                 "dp": fmt(first.get("drop_path"), 2) if ok else NO_RUN,
@@ -139,6 +143,14 @@ def table1(records: list[dict[str, Any]], sizes: Iterable[str] | None = None,
                 "paper ViT-B APbox": _paper("T1", init, "B APbox"),
                 "paper ViT-L APbox": _paper("T1", init, "L APbox")})
     return _split_note(pd.DataFrame(rows), used_val)
+
+
+def _other_schedules(recs: list[dict[str, Any]]) -> str:
+    """``epochs trained: val APbox`` of an init's Figure 2 runs that Table 1 does not choose
+    among, so a reader sees what a longer or shorter schedule reached beside the chosen one."""
+    cells = [f"{fmt_epochs(param(g[0], 'epochs'))} ep: {cell(g, SELECT)}"
+             for _, g in sorted(group_by(recs, "schedule").items(), key=lambda kv: kv[0][0] or 0)]
+    return "; ".join(cells) or NO_RUN
 
 
 def convergence(records: list[dict[str, Any]]) -> pd.DataFrame:
