@@ -23,6 +23,7 @@ from . import paper
 from .cells import (
     SELECT,
     TEST,
+    by_schedule,
     cell,
     f3_runs,
     fmt,
@@ -149,7 +150,7 @@ def _other_schedules(recs: list[dict[str, Any]]) -> str:
     """``epochs trained: val APbox`` of an init's Figure 2 runs that Table 1 does not choose
     among, so a reader sees what a longer or shorter schedule reached beside the chosen one."""
     cells = [f"{fmt_epochs(param(g[0], 'epochs'))} ep: {cell(g, SELECT)}"
-             for _, g in sorted(group_by(recs, "schedule").items(), key=lambda kv: kv[0][0] or 0)]
+             for g in by_schedule(recs).values()]
     return "; ".join(cells) or NO_RUN
 
 
@@ -221,10 +222,11 @@ def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
     keys = list(group_by(single, "size", "init", "schedule")) or [(None, None, None)]
     recipes = [r for r in records if is_recipe(r)
                and {"T1", "F2", "T2"} & set(r.get("serves") or [])]
-    rows = []
+
     def key_of(r: dict[str, Any]) -> tuple[Any, ...]:
         return param(r, "size"), param(r, "init"), schedule_of(r)
 
+    rows = []
     for size, init, schedule in keys:
         multi = [r for r in recipes if key_of(r) == (size, init, schedule)]
         one = [r for r in single if key_of(r) == (size, init, schedule)]

@@ -79,10 +79,8 @@ def f3_runs(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def by_schedule(recs: Iterable[dict[str, Any]]) -> dict[float | None, list[dict[str, Any]]]:
     """Runs grouped by their listed schedule, shortest first."""
-    out: dict[float | None, list[dict[str, Any]]] = {}
-    for r in recs:
-        out.setdefault(schedule_of(r), []).append(r)
-    return dict(sorted(out.items(), key=lambda kv: kv[0] or 0.0))
+    groups = group_by(list(recs), "schedule")
+    return {k[0]: g for k, g in sorted(groups.items(), key=lambda kv: kv[0][0] or 0.0)}
 
 
 def fmt(value: Any, digits: int = 1) -> str:

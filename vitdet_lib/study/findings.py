@@ -276,7 +276,7 @@ def claims(records: Records) -> list[Claim]:
                          needs="ablations"))
 
     # (g) Figure 3: longest against shortest MAE pre-training, per fine-tuning schedule
-    for s, runs in (by_schedule(f3_runs(records)) or {t1["mae"][0]: []}).items():
+    for s, runs in per_schedule(f3_runs(records)).items():
         f3 = {float(k[0]): g for k, g in group_by(runs, "pretrain_epochs").items()}
         eps = sorted(f3)
         curve = ", ".join(f"{e:g} ep: {fmt(statistics.mean(v))}" for e in eps
