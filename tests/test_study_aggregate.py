@@ -79,6 +79,8 @@ def test_figure2_has_one_point_per_separate_schedule_with_seed_spread():
     assert random.loc[0.5, "APbox sd"] == statistics.stdev([30.5, 31.5, 32.5])
     states = dict(zip(conv["init"], conv["state"]))
     assert states["beit"] == "1 failed" and states["supervised"] == "1 stale"
+    splits = dict(zip(conv["init"], conv["split"]))
+    assert splits["beit"] == "" and splits["random"] == "test"  # a row without numbers: no split
     assert "t2-mae-single-s0" not in set(conv.get("run", []))
 
 

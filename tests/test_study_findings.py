@@ -6,7 +6,9 @@ from vitdet_lib.study.findings import (
     HOLDS,
     INCONCLUSIVE,
     NO_RESULT,
+    REVERSED,
     compare,
+    cross_check,
     findings_markdown,
     findings_table,
     images_to_match,
@@ -40,6 +42,30 @@ def test_compare_verdicts():
     assert compare([6, 7, 8], [7.5], 1.0)[2] == INCONCLUSIVE  # undecided: nothing to weaken
     diff, spread, _ = compare([2.0, 4.0], [1.0], 2.0)  # n=1 borrows the noise sd
     assert diff == pytest.approx(2.0) and spread == pytest.approx((2 / 2 + 4 / 1) ** 0.5)
+
+
+def test_cross_check_needs_validation_to_point_the_same_way():
+    low = HOLDS + " (low power: a single-seed side)"
+    assert cross_check(low, 1.0, -0.1) == REVERSED
+    assert cross_check(CONTRADICTED, -2.0, 0.5) == REVERSED
+    assert cross_check(low, 1.0, 0.3) == low  # same sign: the verdict stands
+    assert cross_check(INCONCLUSIVE, 1.0, -1.0) == INCONCLUSIVE  # nothing decided
+    assert cross_check(HOLDS + " (tie within spread)", 0.1, -0.1, "!>") == \
+        HOLDS + " (tie within spread)"
+    assert cross_check(HOLDS, 0.2, -0.2, "~") == HOLDS  # a flip within the margin: about equal
+    assert cross_check(CONTRADICTED, 2.0, -1.0, "~") == REVERSED
+    assert cross_check(HOLDS, 1.0, None) == HOLDS  # no validation number: nothing to check
+
+
+def test_a_verdict_that_validation_reverses_is_inconclusive():
+    R = _study()
+    window = next(r for r in R if r["run"] == "t3-window")
+    window["metrics"]["bbox/AP"] = 30.0  # validation: window-only beats hybrid (15.x)
+    df = findings_table(R)
+    row = df[(df.claim == "e") & df.statement.str.contains("window")].iloc[0]
+    assert row["verdict"] == REVERSED and float(row["val difference"]) < 0 < float(
+        row["difference"])
+    assert "validation reverses the sign" in findings_markdown(df, "toy")
 
 
 def test_pooled_sd_weights_by_degrees_of_freedom():

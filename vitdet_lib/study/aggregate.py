@@ -154,6 +154,11 @@ def _other_schedules(recs: list[dict[str, Any]]) -> str:
     return "; ".join(cells) or NO_RUN
 
 
+def _split(box: str, values: list[float]) -> str:
+    """The split a data row's numbers come from; empty for a row without numbers."""
+    return ("test" if box.startswith(TEST) else "val") if values else ""
+
+
 def convergence(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Figure 2's data: one row per separately trained schedule (init x size x schedule),
     test APbox mean ± sd over seeds; random init's schedules are ``schedule_factor`` longer."""
@@ -166,7 +171,7 @@ def convergence(records: list[dict[str, Any]]) -> pd.DataFrame:
                      "epoch": finite(param(group[0], "epochs")),
                      "APbox": mean(values),
                      "APbox sd": statistics.stdev(values) if len(values) > 1 else None,
-                     "n": len(values), "split": "test" if box.startswith(TEST) else "val",
+                     "n": len(values), "split": _split(box, values),
                      "state": other_states(group) or "ok"})
     cols = ["size", "init", "schedule", "epoch", "APbox", "APbox sd", "n", "split", "state"]
     return pd.DataFrame(rows, columns=cols).sort_values(["size", "init", "epoch"],
@@ -191,7 +196,7 @@ def mae_epochs(records: list[dict[str, Any]]) -> pd.DataFrame:
         rows.append({"size": size, "pretrain epochs": float(epochs), "schedule": schedule,
                      "APbox": mean(values),
                      "APbox sd": statistics.stdev(values) if len(values) > 1 else None,
-                     "n": len(values), "split": "test" if box.startswith(TEST) else "val",
+                     "n": len(values), "split": _split(box, values),
                      "state": other_states(group) or "ok",
                      "runs": ", ".join(r["run"] for r in group)})
     cols = ["size", "pretrain epochs", "schedule", "APbox", "APbox sd", "n", "split", "state",

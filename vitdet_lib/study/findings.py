@@ -16,6 +16,12 @@ pooled seed sd of the study's Table 1 cells. Verdicts, with ``margin = 2 x sprea
 - ``A ~ B`` ("about equal"): ``holds`` when |difference| <= margin, else ``contradicted``;
 - a verdict (other than ``inconclusive``) resting on a single-seed side says
   ``low power``;
+- a verdict that says a direction, judged on the test split, also needs the validation
+  scenes to point the same way: where the validation difference has the opposite sign, it is
+  ``inconclusive (validation reverses the sign)``. The two splits score the same runs on
+  different scenes, so a reversal puts the difference within the scenes' evaluation noise,
+  which the seed spread does not measure (and a single-seed side only borrows). "About equal"
+  that holds is left alone: a sign flip within the margin agrees with it;
 - ``no result`` when a group has no current run yet (the stage that makes it is named).
 
 Profiles without a test split (``mini``, ``paper``) are judged on the validation split, and
@@ -119,6 +125,22 @@ def compare(a: list[float], b: list[float], noise_sd: float | None, kind: str = 
         verdict = HOLDS if diff > margin else CONTRADICTED if diff < -margin else INCONCLUSIVE
     # a single-seed side's sd is borrowed: every decided verdict on it is weaker evidence
     return diff, spread, verdict if verdict == INCONCLUSIVE else verdict + weak
+
+
+REVERSED = f"{INCONCLUSIVE} (validation reverses the sign)"
+
+
+def cross_check(verdict: str, diff: float | None, val_diff: float | None, kind: str = ">"
+                ) -> str:
+    """``verdict`` unless the validation difference has the opposite sign of the test one and
+    the verdict says a direction (A > B: holds / contradicted; A !> B: the same but a tie;
+    A ~ B: contradicted only, as a sign flip within the margin agrees with "about equal"):
+    then ``REVERSED``."""
+    decided = verdict.startswith(CONTRADICTED) or (
+        verdict.startswith(HOLDS) and kind != "~" and "tie within spread" not in verdict)
+    if not decided or diff is None or val_diff is None or diff * val_diff >= 0:
+        return verdict
+    return REVERSED
 
 
 # ----------------------------------------------------------------------------- run groups
@@ -331,6 +353,11 @@ def findings_table(records: Records, stage_of: Callable[[str], str] | None = Non
     for c in found:
         a, b = c.a.values(metric), c.b.values(metric)
         diff, spread, verdict = compare(a, b, noise, c.kind)
+        val_diff = None
+        if metric == METRIC:  # judged on test: validation is the second look at the same runs
+            va, vb = c.a.values(SELECT), c.b.values(SELECT)
+            val_diff = statistics.mean(va) - statistics.mean(vb) if va and vb else None
+            verdict = cross_check(verdict, diff, val_diff, c.kind)
         if verdict == NO_RESULT:
             waiting = [r["run"] for r in c.a.runs + c.b.runs if not is_current(r)]
             if not waiting and not (a and b):
@@ -344,6 +371,7 @@ def findings_table(records: Records, stage_of: Callable[[str], str] | None = Non
             "A": f"{c.a.label}: {_summary(a)}", "B": f"{c.b.label}: {_summary(b)}",
             "difference": fmt(diff, 2) if diff is not None else "-",
             "± spread": fmt(spread, 2) if spread is not None else "-",
+            "val difference": fmt(val_diff, 2) if val_diff is not None else "-",
             "verdict": verdict, "split": "test" if metric == METRIC else "val",
             "note": c.extra,
             "runs": ", ".join(r["run"] for r in c.a.runs + c.b.runs if "run" in r)})
@@ -370,7 +398,9 @@ def findings_markdown(df: pd.DataFrame, profile: str, note: str = "") -> str:
         "it is below -2 x spread, else `inconclusive`; A does not beat B is `contradicted` above "
         "2 x spread, `holds` below -2 x spread and a `tie within spread` between; A ~ B `holds` "
         "within 2 x spread. `low power`: the verdict rests on a single-seed side (its sd "
-        "borrowed).",
+        "borrowed). `val difference`: the same difference on the validation scenes; where it "
+        "has the opposite sign, a decided verdict becomes `inconclusive (validation reverses "
+        "the sign)`: the difference is within the evaluation noise of the scenes.",
         "",
         "Verdicts: " + (", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none"),
         "", to_markdown(df.drop(columns=["runs"])), "",

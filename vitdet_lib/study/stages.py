@@ -47,14 +47,17 @@ def stage_times(profile: StudyProfile, records: list[dict[str, Any]]) -> pd.Data
     for r in records:
         wall = (r.get("timings") or {}).get("wall_s")
         prov = r.get("provenance") or {}
-        if r.get("status") != "success" or wall is None or not prov.get("time"):
+        if r.get("status") != "success" or not prov.get("time"):
             continue
         end = datetime.strptime(prov["time"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        # a measurement (memory / time, complexity, TIDE) records no wall time of its own: it
+        # counts as a run of its stage and spans no time before it was written
+        start = end - (wall or 0.0)
         row = rows.setdefault(_stage(r["run"], stages), {
-            "runs": 0, "run wall s": 0.0, "start": end - wall, "end": end, "commits": set()})
+            "runs": 0, "run wall s": 0.0, "start": start, "end": end, "commits": set()})
         row["runs"] += 1
-        row["run wall s"] += wall
-        row["start"], row["end"] = min(row["start"], end - wall), max(row["end"], end)
+        row["run wall s"] += wall or 0.0
+        row["start"], row["end"] = min(row["start"], start), max(row["end"], end)
         row["commits"].add(str(prov.get("git_commit") or "?")[:7]
                            + ("+dirty" if prov.get("git_dirty") else ""))
     out = []
