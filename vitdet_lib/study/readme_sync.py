@@ -13,7 +13,8 @@ import pandas as pd
 from ..io import write_text_atomic
 from .render import to_markdown
 
-README_COLUMNS = ["claim", "statement", "A", "B", "difference", "± spread", "verdict"]
+README_COLUMNS = ["claim", "statement", "A", "B", "difference", "± spread", "val difference",
+                  "verdict"]
 
 
 def markers(profile: str) -> tuple[str, str]:
