@@ -36,6 +36,7 @@ from .cells import (
     other_states,
     overrides_of,
     param,
+    recipe_runs,
     report_metric,
     schedule_of,
     serving,
@@ -225,8 +226,7 @@ def table2(records: list[dict[str, Any]]) -> pd.DataFrame:
     single = [r for r in serving(records, "T2") if not is_sweep(r)
               and "model.detector.multi_scale=false" in overrides_of(r)]
     keys = list(group_by(single, "size", "init", "schedule")) or [(None, None, None)]
-    recipes = [r for r in records if is_recipe(r)
-               and {"T1", "F2", "T2"} & set(r.get("serves") or [])]
+    recipes = recipe_runs(records, ("T1", "F2", "T2"))
 
     def key_of(r: dict[str, Any]) -> tuple[Any, ...]:
         return param(r, "size"), param(r, "init"), schedule_of(r)

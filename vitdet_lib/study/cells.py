@@ -54,9 +54,11 @@ def is_recipe(r: dict[str, Any]) -> bool:
     return not overrides_of(r) and not is_sweep(r)
 
 
-def recipe_runs(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records of the inits' recipe runs that feed Table 1 or Figure 2 (all states)."""
-    return [r for r in records if {"T1", "F2"} & set(r.get("serves") or []) and is_recipe(r)]
+def recipe_runs(records: Iterable[dict[str, Any]], tables: Iterable[str] = ("T1", "F2")
+                ) -> list[dict[str, Any]]:
+    """Records of the inits' recipe runs that feed any of ``tables`` (all states)."""
+    want = set(tables)
+    return [r for r in records if want & set(r.get("serves") or []) and is_recipe(r)]
 
 
 def schedule_of(r: dict[str, Any]) -> float | None:
